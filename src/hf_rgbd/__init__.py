@@ -3,4 +3,22 @@
 Importing the package registers its configurations, processors and models with the transformers Auto classes.
 """
 
+from .processors import (
+    RgbdDepthProcessor,
+    RgbdImageProcessor,
+    RgbdProcessor,
+    RgbdProcessorConfig,
+)
+from .registration import register_auto_classes
+
 __version__ = "0.1.0.dev0"
+
+register_auto_classes()
+
+__all__ = [
+    "RgbdDepthProcessor",
+    "RgbdImageProcessor",
+    "RgbdProcessor",
+    "RgbdProcessorConfig",
+    "register_auto_classes",
+]

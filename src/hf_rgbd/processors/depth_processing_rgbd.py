@@ -1,0 +1,553 @@
+"""Depth processor: any sensor's depth -> metres -> validity mask -> model representation (+ depth tokens)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+
+from .depth_hha import compute_hha
+from .geometry_rgbd import ResizeCropPlan, nearest_indices, plan_resize_crop, transform_intrinsics
+
+REPRESENTATIONS = ("metric", "disparity", "log", "per_image", "dataset", "hha")
+# Representations with an exact, differentiable inverse (what attacks need to state budgets in metres).
+INVERTIBLE_REPRESENTATIONS = ("metric", "disparity", "log", "dataset")
+DEPTH_ENCODINGS = ("plain", "sunrgbd")
+IGNORE_INDEX = -100  # depth token of a patch without valid depth: ignored by cross-entropy
+
+ASPECT_TOLERANCE = 0.01  # relative difference of width/height ratios still taken as the same field of view
+
+# Geometry to follow: per-sample plans, or a function of each depth map's (height, width).
+PlanSource = list[ResizeCropPlan] | Callable[[tuple[int, int]], ResizeCropPlan] | None
+
+_PIL_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "L")
+
+
+class RgbdDepthProcessorKwargs(TypedDict, total=False):
+    representation: str
+    min_depth: float
+    max_depth: float
+    depth_scale: float
+    depth_encoding: str
+    depth_mean: float
+    depth_std: float
+    baseline: float
+    depth_vocab_size: int
+    depth_patch_size: int
+
+
+class RgbdDepthProcessor(BaseImageProcessor):
+    r"""
+    Turns depth maps from any sensor or data set into model inputs.
+
+    Every input is first converted to metres: float inputs already are metres; integer arrays and PIL `I;16` / `I`
+    / `L` images are multiplied by `depth_scale` (0.001 for millimetres, 0.0001 for some RealSense models);
+    `depth_encoding="sunrgbd"` first undoes SUN RGB-D's PNG bit rotation (millimetres rotated left by 3 bits).
+    Pixels that are 0, NaN, inf or outside [`min_depth`, `max_depth`] are holes: `depth_mask` is False there and
+    `depth_values` is exactly 0 there in every representation. Negative depths are corrupt input (ValueError).
+
+    Geometry follows the RGB image processor (see [`RgbdProcessor`]): the depth map is sampled with nearest
+    neighbour at the RGB output's field of view and size, so valid and invalid pixels never mix and depth edges are
+    never averaged; camera intrinsics are rescaled with it.
+
+    Representations (`representation=`), computed on valid pixels:
+    - `"metric"`: depth / max_depth, in (0, 1].
+    - `"disparity"`: baseline * fx / depth, with fx from the rescaled intrinsics (pixels; needs `intrinsics`).
+    - `"log"`: (ln depth - ln min_depth) / (ln max_depth - ln min_depth), in [0, 1].
+    - `"per_image"`: depth standardised over the valid pixels of each map (not invertible).
+    - `"dataset"`: (depth - depth_mean) / depth_std, in metres.
+    - `"hha"`: 3 channels (horizontal disparity, height above the lowest point, angle to gravity), the HHA image
+      / 255; needs `intrinsics` (not invertible).
+
+    With `depth_vocab_size=V`, each `depth_patch_size` x `depth_patch_size` patch also gets a depth token: the index
+    of its median valid depth among V log-spaced bins over [min_depth, max_depth], or -100 when the patch has no
+    valid pixel. `depth_patch_size` must equal the patch size of the model that consumes the tokens, and divide the
+    output height and width.
+
+    Args:
+        representation (`str`, defaults to `"metric"`): one of `REPRESENTATIONS`.
+        min_depth, max_depth (`float`, default to 0.1 and 10.0): valid range in metres.
+        depth_scale (`float`, defaults to 0.001): metres per unit of integer depth; can be overridden per call.
+        depth_encoding (`str`, defaults to `"plain"`): `"plain"` or `"sunrgbd"`.
+        depth_mean, depth_std (`float`, *optional*): statistics in metres for `representation="dataset"`.
+        baseline (`float`, defaults to 0.075): stereo baseline in metres for `"disparity"` (0.075 Kinect).
+        depth_vocab_size (`int`, *optional*): number of depth tokens; None disables tokens.
+        depth_patch_size (`int`, defaults to 16): patch size of the depth tokens.
+    """
+
+    valid_kwargs = RgbdDepthProcessorKwargs
+
+    def __init__(
+        self,
+        representation: str = "metric",
+        min_depth: float = 0.1,
+        max_depth: float = 10.0,
+        depth_scale: float = 0.001,
+        depth_encoding: str = "plain",
+        depth_mean: float | None = None,
+        depth_std: float | None = None,
+        baseline: float = 0.075,
+        depth_vocab_size: int | None = None,
+        depth_patch_size: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"`representation` must be one of {REPRESENTATIONS}, got {representation!r}.")
+        if not (0 < min_depth < max_depth < math.inf):
+            raise ValueError(
+                f"`min_depth` and `max_depth` must satisfy 0 < min_depth < max_depth < inf, got {min_depth} and "
+                f"{max_depth}."
+            )
+        if depth_encoding not in DEPTH_ENCODINGS:
+            raise ValueError(f"`depth_encoding` must be one of {DEPTH_ENCODINGS}, got {depth_encoding!r}.")
+        if representation == "dataset" and (depth_mean is None or depth_std is None):
+            raise ValueError('`representation="dataset"` needs `depth_mean` and `depth_std` (metres).')
+        if depth_std is not None and not depth_std > 0:
+            raise ValueError(f"`depth_std` must be positive, got {depth_std}.")
+        if not baseline > 0:
+            raise ValueError(f"`baseline` must be positive (metres), got {baseline}.")
+        if depth_vocab_size is not None and (int(depth_vocab_size) != depth_vocab_size or depth_vocab_size < 2):
+            raise ValueError(f"`depth_vocab_size` must be None or an integer >= 2, got {depth_vocab_size!r}.")
+        if int(depth_patch_size) != depth_patch_size or depth_patch_size < 1:
+            raise ValueError(f"`depth_patch_size` must be a positive integer, got {depth_patch_size!r}.")
+        self.representation = representation
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+        self.depth_scale = _check_depth_scale(depth_scale)
+        self.depth_encoding = depth_encoding
+        self.depth_mean = None if depth_mean is None else float(depth_mean)
+        self.depth_std = None if depth_std is None else float(depth_std)
+        self.baseline = float(baseline)
+        self.depth_vocab_size = None if depth_vocab_size is None else int(depth_vocab_size)
+        self.depth_patch_size = int(depth_patch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("auto_map", None)  # the processor's auto_map, stamped here by RgbdProcessor.save_pretrained
+        return output
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = ["depth_values", "depth_mask"]
+        return names + ["depth_token_ids"] if self.depth_vocab_size is not None else names
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of `depth_values`: 3 for HHA, else 1."""
+        return 3 if self.representation == "hha" else 1
+
+    # ------------------------------------------------------------------ main entry points
+    def __call__(self, depths: Any, **kwargs: Any) -> BatchFeature:
+        return self.preprocess(depths, **kwargs)
+
+    def preprocess(
+        self,
+        depths: Any,
+        intrinsics: Any = None,
+        plans: PlanSource = None,
+        output_size: tuple[int, int] | None = None,
+        depth_scale: float | None = None,
+        allow_aspect_change: bool = False,
+        return_intrinsics: bool = False,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """Process one depth map or a batch.
+
+        Args:
+            depths: a depth map or a list of them: numpy (H, W), torch (H, W), (1, H, W) or (B, 1, H, W), PIL
+                `F` / `I;16` / `I` / `L` images.
+            intrinsics: (3, 3) pinhole matrix shared by the batch, (B, 3, 3), or a list of (3, 3), in the pixel
+                grid of each input depth map. Required for `"disparity"` and `"hha"`.
+            plans: the RGB geometry to follow (what [`RgbdProcessor`] passes): one `ResizeCropPlan` per sample, or a
+                callable `(height, width) -> ResizeCropPlan` applied to each depth map's size. Default: the whole
+                map, resized to `output_size` if given, else kept at its size.
+            output_size: (height, width) when `plans` is not given.
+            depth_scale: metres per integer unit for this call (default: `self.depth_scale`).
+            allow_aspect_change: with a list of `plans`, accept depth maps whose aspect ratio differs from the RGB
+                image's (the depth map is then stretched to the RGB field of view).
+            return_intrinsics: also return the rescaled `intrinsics` (B, 3, 3).
+
+        Returns:
+            `BatchFeature` with `depth_values` (B, C, H, W) float32 (C = 3 for HHA, else 1), `depth_mask`
+            (B, 1, H, W) bool, and `depth_token_ids` (B, N_patches) long when `depth_vocab_size` is set.
+        """
+        depth_m, depth_mask, intrinsics_out = self.depth_in_metres(
+            depths,
+            intrinsics=intrinsics,
+            plans=plans,
+            output_size=output_size,
+            depth_scale=depth_scale,
+            allow_aspect_change=allow_aspect_change,
+        )
+        data = {"depth_values": self.from_metres(depth_m, depth_mask, intrinsics_out), "depth_mask": depth_mask}
+        if self.depth_vocab_size is not None:
+            data["depth_token_ids"] = self.depth_tokens(depth_m, depth_mask)
+        if return_intrinsics:
+            if intrinsics_out is None:
+                raise ValueError("`return_intrinsics=True` needs `intrinsics`.")
+            data["intrinsics"] = intrinsics_out
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def depth_in_metres(
+        self,
+        depths: Any,
+        intrinsics: Any = None,
+        plans: PlanSource = None,
+        output_size: tuple[int, int] | None = None,
+        depth_scale: float | None = None,
+        allow_aspect_change: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Convert, resample and mask a batch of depth maps.
+
+        Returns:
+            depth_m (B, 1, H, W) float32 metres with 0 at holes, depth_mask (B, 1, H, W) bool, and the rescaled
+            intrinsics (B, 3, 3) float32 (None when `intrinsics` is None).
+        """
+        scale = self.depth_scale if depth_scale is None else _check_depth_scale(depth_scale)
+        maps = to_depth_tensors(depths)
+        if plans is None:
+            plans = [plan_resize_crop(tuple(m.shape), _exact_size(output_size), None) for m in maps]
+        elif callable(plans):
+            plans = [plans(tuple(m.shape)) for m in maps]
+        else:
+            _check_follows_rgb(maps, plans, allow_aspect_change)
+        output_sizes = {plan.output_size for plan in plans}
+        if len(output_sizes) > 1:
+            raise ValueError(
+                f"depth maps would get different output sizes {sorted(output_sizes)}; pass `output_size`."
+            )
+
+        if any(m.is_floating_point() for m in maps) and self.depth_encoding == "sunrgbd":
+            raise ValueError(
+                '`depths` holds float maps but depth_encoding="sunrgbd" expects the raw uint16 PNG values.'
+            )
+        sampled = []
+        index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for depth, plan in zip(maps, plans, strict=True):
+            key = (tuple(depth.shape), plan.window, plan.output_size, depth.device)
+            if key not in index_cache:
+                rows, cols = nearest_indices(plan.window, tuple(depth.shape), plan.output_size)
+                index_cache[key] = (rows.to(depth.device)[:, None], cols.to(depth.device)[None, :])
+            rows, cols = index_cache[key]
+            # Sample first, convert second: unit conversion only touches output-resolution pixels.
+            sampled.append(depth[rows, cols])
+        depth = self._raw_to_metres(sampled, scale).unsqueeze(1)
+        depth_mask = torch.isfinite(depth) & (depth >= self.min_depth) & (depth <= self.max_depth)
+        depth_m = torch.where(depth_mask, depth, torch.zeros((), dtype=depth.dtype, device=depth.device))
+
+        intrinsics_out = None
+        if intrinsics is not None:
+            matrices = _intrinsics_list(intrinsics, len(maps))
+            intrinsics_out = torch.stack(
+                [
+                    transform_intrinsics(k, plan.window, tuple(m.shape), plan.output_size)
+                    for k, plan, m in zip(matrices, plans, maps, strict=True)
+                ]
+            ).to(depth.device)
+        return depth_m, depth_mask, intrinsics_out
+
+    def _raw_to_metres(self, sampled: list[torch.Tensor], scale: float) -> torch.Tensor:
+        """Stack output-resolution maps and convert them to float32 metres (integers times `scale`)."""
+        if any(m.dtype != sampled[0].dtype for m in sampled):  # mixed dtypes (rare): convert map by map
+            return torch.stack([self._raw_to_metres([m], scale)[0] for m in sampled])
+        raw = torch.stack(sampled)
+        if raw.is_floating_point():
+            return raw.to(torch.float32)
+        if self.depth_encoding == "sunrgbd":
+            raw = decode_sunrgbd_depth(raw)
+        # float32 holds every 16-bit (and up to 24-bit) integer exactly; one rounding in the multiply.
+        return raw.to(torch.float32).mul_(scale)
+
+    # ------------------------------------------------------------------ representations
+    def from_metres(
+        self,
+        depth_m: torch.Tensor,
+        depth_mask: torch.Tensor | None = None,
+        intrinsics: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Metres -> this processor's representation. Differentiable; exactly 0 at holes.
+
+        Args:
+            depth_m: (B, 1, H, W) depth in metres.
+            depth_mask: (B, 1, H, W) bool validity; default: finite values in [min_depth, max_depth].
+            intrinsics: (B, 3, 3) intrinsics of this resolution (needed for `"disparity"` and `"hha"`).
+
+        Returns:
+            (B, C, H, W) depth values, C = 3 for `"hha"` else 1.
+        """
+        depth_m, depth_mask = self._check_maps(depth_m, depth_mask, "depth_m")
+        safe = torch.where(depth_mask, depth_m, torch.ones_like(depth_m))  # keeps gradients finite at holes
+        rep = self.representation
+        if rep == "metric":
+            values = safe / self.max_depth
+        elif rep == "disparity":
+            values = self.baseline * self._focal_length(intrinsics, depth_m) / safe
+        elif rep == "log":
+            low, high = math.log(self.min_depth), math.log(self.max_depth)
+            values = (torch.log(safe) - low) / (high - low)
+        elif rep == "dataset":
+            values = (safe - self.depth_mean) / self.depth_std
+        elif rep == "per_image":
+            values = _standardise_valid(safe, depth_mask)
+        else:  # hha
+            if intrinsics is None:
+                raise ValueError('`representation="hha"` requires `intrinsics` (camera matrix per depth map).')
+            with torch.no_grad():
+                values = compute_hha(torch.where(depth_mask, depth_m, 0.0), depth_mask, intrinsics)
+        return torch.where(depth_mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+    def to_metres(
+        self,
+        depth_values: torch.Tensor,
+        depth_mask: torch.Tensor | None = None,
+        intrinsics: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """This processor's representation -> metres. Differentiable; exactly 0 at holes.
+
+        Only for the invertible representations (`INVERTIBLE_REPRESENTATIONS`): `"per_image"` discards each map's
+        own mean and scale, and `"hha"` mixes depth with the estimated scene geometry, so neither has an inverse.
+
+        Args:
+            depth_values: (B, 1, H, W) values in this representation.
+            depth_mask: (B, 1, H, W) bool validity; default: non-zero values.
+            intrinsics: (B, 3, 3) intrinsics of this resolution (needed for `"disparity"`).
+
+        Returns:
+            (B, 1, H, W) depth in metres.
+        """
+        rep = self.representation
+        if rep not in INVERTIBLE_REPRESENTATIONS:
+            reason = (
+                "each map is standardised with its own mean and standard deviation, which are not kept"
+                if rep == "per_image"
+                else "its channels mix depth with the estimated gravity and lowest scene point"
+            )
+            raise ValueError(
+                f'`to_metres` is not available for representation="{rep}": {reason}. Use one of '
+                f"{INVERTIBLE_REPRESENTATIONS} to state depth budgets in metres."
+            )
+        if depth_mask is None:
+            depth_mask = depth_values != 0
+        depth_values, depth_mask = self._check_maps(depth_values, depth_mask, "depth_values")
+        safe = torch.where(depth_mask, depth_values, torch.ones_like(depth_values))
+        if rep == "metric":
+            metres = safe * self.max_depth
+        elif rep == "disparity":
+            metres = self.baseline * self._focal_length(intrinsics, depth_values) / safe
+        elif rep == "log":
+            low, high = math.log(self.min_depth), math.log(self.max_depth)
+            metres = torch.exp(safe * (high - low) + low)
+        else:  # dataset
+            metres = safe * self.depth_std + self.depth_mean
+        return torch.where(depth_mask, metres, torch.zeros((), dtype=metres.dtype, device=metres.device))
+
+    def depth_tokens(self, depth_m: torch.Tensor, depth_mask: torch.Tensor) -> torch.Tensor:
+        """Depth "words": per patch, the log-spaced bin of the median valid depth, -100 without valid depth.
+
+        Args:
+            depth_m: (B, 1, H, W) metres; depth_mask: (B, 1, H, W) bool.
+
+        Returns:
+            (B, (H / p) * (W / p)) long, row-major patch order, p = `depth_patch_size`.
+        """
+        if self.depth_vocab_size is None:
+            raise ValueError("`depth_vocab_size` is not set: this processor makes no depth tokens.")
+        return depth_token_ids(
+            depth_m, depth_mask, self.depth_vocab_size, self.depth_patch_size, self.min_depth, self.max_depth
+        )
+
+    def _focal_length(self, intrinsics: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if intrinsics is None:
+            raise ValueError(
+                '`representation="disparity"` needs `intrinsics` (fx of the rescaled camera matrix), per depth map.'
+            )
+        intrinsics = torch.as_tensor(intrinsics, device=like.device)
+        if intrinsics.ndim != 3 or intrinsics.shape[1:] != (3, 3) or intrinsics.shape[0] != like.shape[0]:
+            raise ValueError(
+                f"`intrinsics` must have shape ({like.shape[0]}, 3, 3) for this batch, got {tuple(intrinsics.shape)}."
+            )
+        return intrinsics[:, 0, 0].to(like.dtype).view(-1, 1, 1, 1)
+
+    @staticmethod
+    def _check_maps(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(values, torch.Tensor) or values.ndim != 4:
+            raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got {getattr(values, 'shape', type(values))}.")
+        if mask is None:
+            mask = torch.isfinite(values) & (values > 0)
+        if mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[0] != values.shape[0]:
+            raise ValueError(f"`depth_mask` must be a bool (B, 1, H, W) tensor matching `{name}`.")
+        return values, mask
+
+
+def _check_follows_rgb(maps: list[torch.Tensor], plans: list[ResizeCropPlan], allow_aspect_change: bool) -> None:
+    if len(plans) != len(maps):
+        raise ValueError(
+            f"got {len(plans)} images but {len(maps)} depth maps; `images` and `depths` must pair up one to one."
+        )
+    if allow_aspect_change:
+        return
+    for index, (depth, plan) in enumerate(zip(maps, plans, strict=True)):
+        rgb_ratio = plan.input_size[1] / plan.input_size[0]
+        depth_ratio = depth.shape[1] / depth.shape[0]
+        if abs(depth_ratio - rgb_ratio) > ASPECT_TOLERANCE * rgb_ratio:
+            raise ValueError(
+                f"`images[{index}]` is {plan.input_size[0]}x{plan.input_size[1]} but `depths[{index}]` is "
+                f"{depth.shape[0]}x{depth.shape[1]}: different aspect ratios, so depth cannot be registered to the "
+                "RGB image. Crop them to the same field of view, or pass `allow_aspect_change=True` to stretch depth."
+            )
+
+
+def depth_token_ids(
+    depth_m: torch.Tensor,
+    depth_mask: torch.Tensor,
+    vocab_size: int,
+    patch_size: int,
+    min_depth: float,
+    max_depth: float,
+) -> torch.Tensor:
+    """Quantise each patch's median valid depth into `vocab_size` log-spaced bins over [min_depth, max_depth].
+
+    Args:
+        depth_m: (B, 1, H, W) metres; depth_mask: (B, 1, H, W) bool.
+
+    Returns:
+        (B, N_patches) long in [0, vocab_size), -100 for patches without valid depth.
+    """
+    batch, _, height, width = depth_m.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"`depth_patch_size`={patch_size} must divide the depth output size {height}x{width}; it must equal the "
+            "model's patch size and the image size must be a multiple of it."
+        )
+    nan = torch.full((), float("nan"), dtype=depth_m.dtype, device=depth_m.device)
+    patches = torch.where(depth_mask, depth_m, nan).view(
+        batch, height // patch_size, patch_size, width // patch_size, patch_size
+    )
+    patches = patches.permute(0, 1, 3, 2, 4).reshape(batch, -1, patch_size * patch_size)
+    median = patches.nanmedian(dim=-1).values  # NaN where a patch has no valid pixel
+    low, high = math.log(min_depth), math.log(max_depth)
+    position = (torch.log(median.clamp(min=min_depth, max=max_depth)) - low) / (high - low)
+    ids = (position * vocab_size).floor().clamp_(0, vocab_size - 1).to(torch.long)
+    return torch.where(torch.isnan(median), torch.full_like(ids, IGNORE_INDEX), ids)
+
+
+def decode_sunrgbd_depth(raw: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Undo SUN RGB-D's PNG encoding: millimetres rotated left by 3 bits in 16 bits. Returns int64 millimetres."""
+    raw = torch.as_tensor(raw).to(torch.int64)
+    if raw.numel() and (int(raw.min()) < 0 or int(raw.max()) > 0xFFFF):
+        raise ValueError('depth_encoding="sunrgbd" expects 16-bit PNG values in [0, 65535].')
+    return ((raw >> 3) | (raw << 13)) & 0xFFFF
+
+
+def to_depth_tensors(depths: Any) -> list[torch.Tensor]:
+    """Flatten `depths` into a list of 2-D tensors (H, W) in their original dtype, checking shapes and signs."""
+    if isinstance(depths, (list, tuple)):
+        if len(depths) == 0:
+            raise ValueError("`depths` is an empty batch; pass at least one depth map.")
+        maps = []
+        for index, depth in enumerate(depths):
+            maps.extend(_depth_to_tensors(depth, f"depths[{index}]"))
+        return maps
+    maps = _depth_to_tensors(depths, "depths")
+    if not maps:
+        raise ValueError("`depths` is an empty batch; pass at least one depth map.")
+    return maps
+
+
+def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
+    if isinstance(depth, Image.Image):
+        if depth.mode == "F":
+            depth = np.asarray(depth, dtype=np.float32)
+        elif depth.mode in _PIL_INTEGER_MODES:
+            depth = np.asarray(depth).astype(np.int32)
+        else:
+            raise ValueError(
+                f"`{name}` is a PIL image in mode {depth.mode!r}; depth images must be single-channel: 'F' (metres), "
+                "'I;16' / 'I' / 'L' (integer units times depth_scale)."
+            )
+    if isinstance(depth, np.ndarray):
+        if depth.dtype == object or depth.dtype.kind not in "uif":
+            raise ValueError(f"`{name}` must hold integer or float depth, got dtype {depth.dtype}.")
+        if depth.dtype.byteorder not in ("=", "|") or not depth.flags.writeable:
+            depth = depth.astype(depth.dtype.newbyteorder("="), copy=True)
+        if depth.dtype == np.uint32 or depth.dtype == np.uint64:
+            depth = depth.astype(np.int64)
+        depth = torch.from_numpy(depth)
+    if not isinstance(depth, torch.Tensor):
+        raise ValueError(f"`{name}` must be a numpy array, a torch tensor or a PIL image, got {type(depth).__name__}.")
+    if depth.dtype == torch.bool or depth.is_complex():
+        raise ValueError(f"`{name}` must hold integer or float depth, got dtype {depth.dtype}.")
+    depth = depth.detach()
+    if depth.ndim == 2:
+        maps = [depth]
+    elif depth.ndim == 3 and depth.shape[0] == 1:
+        maps = [depth[0]]
+    elif depth.ndim == 3 and depth.shape[-1] == 1:
+        maps = [depth[..., 0]]
+    elif depth.ndim == 4 and depth.shape[1] == 1:
+        maps = list(depth[:, 0].unbind(0))
+    else:
+        raise ValueError(
+            f"`{name}` must have shape (H, W), (1, H, W), (H, W, 1) or (B, 1, H, W) with one depth channel, got "
+            f"{tuple(depth.shape)}."
+        )
+    for depth_map in maps:
+        if depth_map.numel() == 0:
+            raise ValueError(f"`{name}` is empty (shape {tuple(depth_map.shape)}).")
+    is_unsigned = depth.dtype in (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
+    if not is_unsigned and bool((depth < 0).any()):
+        raise ValueError(
+            f"`{name}` contains negative depths, which no sensor produces: corrupt input. Mark missing depth with "
+            "0, NaN or inf."
+        )
+    return maps
+
+
+def _intrinsics_list(intrinsics: Any, batch_size: int) -> list[torch.Tensor]:
+    if isinstance(intrinsics, (list, tuple)) and not isinstance(intrinsics[0], (int, float)):
+        matrices = [torch.as_tensor(np.asarray(k), dtype=torch.float64) for k in intrinsics]
+    else:
+        tensor = torch.as_tensor(np.asarray(intrinsics) if not isinstance(intrinsics, torch.Tensor) else intrinsics)
+        tensor = tensor.to(torch.float64)
+        if tensor.shape == (3, 3):
+            matrices = [tensor] * batch_size
+        elif tensor.ndim == 3 and tensor.shape[1:] == (3, 3):
+            matrices = list(tensor.unbind(0))
+        else:
+            raise ValueError(f"`intrinsics` must be (3, 3), (B, 3, 3) or a list of (3, 3), got {tuple(tensor.shape)}.")
+    if len(matrices) != batch_size:
+        raise ValueError(f"`intrinsics` has {len(matrices)} matrices for {batch_size} depth maps.")
+    for k in matrices:
+        if k.shape != (3, 3) or not bool(torch.isfinite(k).all()) or not (k[0, 0] > 0 and k[1, 1] > 0):
+            raise ValueError("each `intrinsics` matrix must be a finite 3x3 pinhole matrix with fx > 0 and fy > 0.")
+    return matrices
+
+
+def _standardise_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Standardise each map over its valid pixels (std floored at 1e-6 m; a map without valid pixels stays 0)."""
+    weights = mask.to(values.dtype)
+    count = weights.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
+    mean = (values * weights).sum(dim=(1, 2, 3), keepdim=True) / count
+    var = ((values - mean).square() * weights).sum(dim=(1, 2, 3), keepdim=True) / count
+    return (values - mean) / var.sqrt().clamp(min=1e-6)
+
+
+def _check_depth_scale(depth_scale: Any) -> float:
+    if isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float)) or not 0 < depth_scale < math.inf:
+        raise ValueError(f"`depth_scale` must be a positive number of metres per unit, got {depth_scale!r}.")
+    return float(depth_scale)
+
+
+def _exact_size(output_size: Any) -> dict[str, int] | None:
+    if output_size is None:
+        return None
+    height, width = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"`output_size` must be positive (height, width), got {output_size!r}.")
+    return {"height": int(height), "width": int(width)}

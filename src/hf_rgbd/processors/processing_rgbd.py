@@ -1,0 +1,161 @@
+"""`RgbdProcessor`: one call turns RGB images and depth maps into aligned model inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .depth_processing_rgbd import RgbdDepthProcessor
+from .image_processing_rgbd import RgbdImageProcessor
+
+_IMAGE_KWARGS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+
+
+class RgbdProcessorConfig(PreTrainedConfig):
+    """Configuration that maps a folder or repo to [`RgbdProcessor`] through `AutoProcessor` / `AutoImageProcessor`.
+
+    It carries no parameters of its own: the processor's settings live in `processor_config.json`. Model families
+    register their own configurations with `AutoProcessor` too, so a saved model folder loads its processor.
+    """
+
+    model_type = "rgbd_processor"
+
+
+class RgbdProcessor(ProcessorMixin):
+    r"""
+    Pairs an [`RgbdImageProcessor`] (which owns the geometry) with an [`RgbdDepthProcessor`] (which follows it).
+
+    ```python
+    processor = RgbdProcessor(RgbdImageProcessor(), RgbdDepthProcessor(representation="disparity"))
+    batch = processor(images=rgb_list, depths=depth_list, intrinsics=k, return_tensors="pt")
+    batch["pixel_values"]  # (B, 3, H, W)
+    batch["depth_values"]  # (B, 1, H, W), 3 channels for HHA
+    batch["depth_mask"]    # (B, 1, H, W) bool, False at holes
+    ```
+
+    Args:
+        image_processor ([`RgbdImageProcessor`], *optional*): default `RgbdImageProcessor()`.
+        depth_image_processor ([`RgbdDepthProcessor`], *optional*): default `RgbdDepthProcessor()`.
+    """
+
+    def __init__(
+        self,
+        image_processor: RgbdImageProcessor | None = None,
+        depth_image_processor: RgbdDepthProcessor | None = None,
+        **kwargs: Any,
+    ) -> None:
+        image_processor = RgbdImageProcessor() if image_processor is None else image_processor
+        depth_image_processor = RgbdDepthProcessor() if depth_image_processor is None else depth_image_processor
+        super().__init__(image_processor, depth_image_processor, **kwargs)
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
+        expected = {"image_processor": RgbdImageProcessor, "depth_image_processor": RgbdDepthProcessor}
+        if argument_name in expected:
+            if not isinstance(argument, expected[argument_name]):
+                raise TypeError(
+                    f"`{argument_name}` must be an {expected[argument_name].__name__}, got {type(argument).__name__}."
+                )
+            return expected[argument_name]
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # Both sub-processors are stored in processor_config.json. Build them from there with the classes of
+        # this module, which works the same with hf_rgbd installed and from a folder's copied remote code
+        # (transformers' generic lookup of a second custom image processor does not).
+        processor_dict = processor_dict or {}
+        if not all(
+            isinstance(processor_dict.get(name), dict) for name in ("image_processor", "depth_image_processor")
+        ):
+            return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        arguments = []
+        for name, processor_class in (
+            ("image_processor", RgbdImageProcessor),
+            ("depth_image_processor", RgbdDepthProcessor),
+        ):
+            config = dict(processor_dict[name])
+            type_name = config.pop("image_processor_type", processor_class.__name__)
+            config.pop("auto_map", None)
+            if type_name != processor_class.__name__:
+                raise ValueError(
+                    f"`{name}` in {pretrained_model_name_or_path} is a {type_name}; RgbdProcessor expects a "
+                    f"{processor_class.__name__}."
+                )
+            arguments.append(processor_class(**config))
+        return arguments
+
+    def __call__(
+        self,
+        images: Any = None,
+        depths: Any = None,
+        intrinsics: Any = None,
+        return_tensors: str | None = "pt",
+        allow_aspect_change: bool = False,
+        depth_scale: float | None = None,
+        return_intrinsics: bool = False,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Process RGB images and/or depth maps into one batch.
+
+        Args:
+            images: RGB image(s), any input [`RgbdImageProcessor`] accepts. Optional when `depths` is given.
+            depths: depth map(s), any input [`RgbdDepthProcessor`] accepts, one per image. Optional when `images`
+                is given.
+            intrinsics: (3, 3), (B, 3, 3) or a list of (3, 3) camera matrices in each depth map's pixel grid.
+            return_tensors: `"pt"` (default) or `"np"`.
+            allow_aspect_change: accept RGB and depth of different aspect ratios (depth is stretched).
+            depth_scale: metres per integer depth unit for this call.
+            return_intrinsics: also return the rescaled `intrinsics` (B, 3, 3).
+            kwargs: image-processor overrides (`size`, `do_center_crop`, `crop_size`, ...).
+
+        Returns:
+            `BatchFeature` with `pixel_values` (B, 3, H, W) when `images` is given; `depth_values` (B, C, H, W),
+            `depth_mask` (B, 1, H, W) and, with a depth vocabulary, `depth_token_ids` (B, N) when `depths` is given.
+        """
+        unknown = set(kwargs) - set(_IMAGE_KWARGS)
+        if unknown:
+            raise TypeError(f"RgbdProcessor got unexpected keyword arguments {sorted(unknown)}.")
+        if images is None and depths is None:
+            raise ValueError("pass `images`, `depths` or both.")
+        data = {}
+        if images is not None:
+            data["pixel_values"], plans = self.image_processor.preprocess_with_plans(images, **kwargs)
+        else:
+            geometry = {k: kwargs[k] for k in ("do_resize", "size", "do_center_crop", "crop_size") if k in kwargs}
+
+            def plans(input_size: tuple[int, int]):
+                return self.image_processor.plan_geometry(input_size, **geometry)
+
+        if depths is not None:
+            data.update(
+                self.depth_image_processor.preprocess(
+                    depths,
+                    intrinsics=intrinsics,
+                    plans=plans,
+                    depth_scale=depth_scale,
+                    allow_aspect_change=allow_aspect_change,
+                    return_intrinsics=return_intrinsics,
+                    return_tensors=None,
+                )
+            )
+        elif intrinsics is not None or return_intrinsics:
+            raise ValueError("`intrinsics` describe depth maps; pass `depths` with them.")
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return self.image_processor.model_input_names + self.depth_image_processor.model_input_names
