@@ -225,3 +225,32 @@ def test_input_validation():
         compute_hha(depth, valid[..., :4], k)
     with pytest.raises(ValueError, match="normal_window"):
         compute_hha(depth, valid, k, normal_window=4)
+
+
+def test_hha_through_the_processor_follows_the_rgb_geometry():
+    """HHA computed by RgbdProcessor at the output resolution, with intrinsics rescaled by the resize and crop."""
+    import numpy as np
+
+    from hf_rgbd import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
+
+    depth, _, _, height_true, floor, _ = render(20.0, 10.0)
+    processor = RgbdProcessor(
+        RgbdImageProcessor(size={"height": 48, "width": 64}, do_center_crop=True, crop_size=(40, 56)),
+        RgbdDepthProcessor(representation="hha"),
+    )
+    out = processor(
+        images=np.zeros((H, W, 3), np.uint8), depths=depth[0, 0].numpy(), intrinsics=_intrinsics()[0].numpy()
+    )
+    hha, mask = out["depth_values"][0], out["depth_mask"][0, 0]
+    assert hha.shape == (3, 40, 56)
+    # a 2x downscale then a crop at offset (4, 4): output pixel (i, j) samples source pixel (2i + 9, 2j + 9)
+    floor_out = floor[9:89:2, 9:121:2]
+    height_out = height_true[9:89:2, 9:121:2]
+    angle = hha[2] * 255 - 38  # degrees
+    assert abs(float(angle[floor_out & mask].median())) < 4.0
+    assert abs(float(angle[~floor_out & mask].median()) - 90.0) < 4.0
+    height_m = hha[1] * 255 / 100
+    wall = ~floor_out & mask & (height_out > 0.5) & (height_out < 1.5)
+    assert float((height_m[wall] - height_out[wall]).abs().median()) < 0.05
+    assert float((height_m[floor_out & mask] - height_out[floor_out & mask]).abs().median()) < 0.03
+    assert bool((hha[:, ~mask] == 0).all())
