@@ -111,41 +111,17 @@ class RgbdImageProcessor(BaseImageProcessor):
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
-    def preprocess(
-        self,
-        images: Any,
-        do_resize: bool | None = None,
-        size: dict[str, int] | int | None = None,
-        resample: int | None = None,
-        do_center_crop: bool | None = None,
-        crop_size: dict[str, int] | int | None = None,
-        do_rescale: bool | None = None,
-        rescale_factor: float | None = None,
-        do_normalize: bool | None = None,
-        image_mean: float | list[float] | None = None,
-        image_std: float | list[float] | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
-    ) -> BatchFeature:
+    def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         """Preprocess one image or a batch.
+
+        Keyword arguments override this processor's settings for the call (`do_resize`, `size`, `resample`,
+        `do_center_crop`, `crop_size`, `do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
+        `image_std`); see `preprocess_with_plans`.
 
         Returns:
             `BatchFeature` with `pixel_values` of shape (B, 3, H_out, W_out), float32.
         """
-        pixel_values, _ = self.preprocess_with_plans(
-            images,
-            do_resize=do_resize,
-            size=size,
-            resample=resample,
-            do_center_crop=do_center_crop,
-            crop_size=crop_size,
-            do_rescale=do_rescale,
-            rescale_factor=rescale_factor,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-            **kwargs,
-        )
+        pixel_values, _ = self.preprocess_with_plans(images, **kwargs)
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
     def preprocess_with_plans(
