@@ -87,7 +87,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     model.eval()
-    correct = sum((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item() for i in range(0, len(x), batch_size))
+    correct = sum(
+        (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(x), batch_size)
+    )
     return correct / max(len(x), 1)
 
 
@@ -116,7 +119,9 @@ def run_probe(
     """
     if isinstance(modalities, str):
         if modalities not in MODALITIES:
-            raise ValueError(f"modalities must be one of {sorted(MODALITIES)} or a sequence of 'rgb'/'depth', got {modalities!r}")
+            raise ValueError(
+                f"modalities must be one of {sorted(MODALITIES)} or a sequence of 'rgb'/'depth', got {modalities!r}"
+            )
         modalities = MODALITIES[modalities]
     modalities = tuple(modalities)
     if not modalities or any(m not in ("rgb", "depth") for m in modalities):
@@ -161,7 +166,9 @@ def run_probe(
             sched.step()
             running += loss.item() * len(idx)
         if verbose and (epoch + 1) % 5 == 0:
-            print(f"  [{'+'.join(modalities)}] epoch {epoch + 1}/{epochs} loss {running / len(x_train):.3f}", flush=True)
+            print(
+                f"  [{'+'.join(modalities)}] epoch {epoch + 1}/{epochs} loss {running / len(x_train):.3f}", flush=True
+            )
     return _accuracy(model, x_test, y_test)
 
 
@@ -218,7 +225,9 @@ def main() -> None:
 
     start, cpu_start = time.perf_counter(), time.process_time()
     dataset = make_synthetic_rgbd(seed=args.data_seed)
-    print(f"generated {', '.join(f'{k}={v.num_rows}' for k, v in dataset.items())} in {time.perf_counter() - start:.1f}s")
+    print(
+        f"generated {', '.join(f'{k}={v.num_rows}' for k, v in dataset.items())} in {time.perf_counter() - start:.1f}s"
+    )
     cache: dict = {}
     results = {"linear probe on RGB/depth mean+std": linear_probe_on_statistics(dataset, cache=cache)}
     times = {}

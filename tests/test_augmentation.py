@@ -35,7 +35,11 @@ def test_crop_flip_keeps_rgb_depth_and_intrinsics_aligned(output_size):
     batch = _coordinate_batch(n, h, w)
     aug = RgbdAugment(output_size=output_size, crop_scale=(0.2, 0.9), p_flip=0.5, generator=7, **NO_COLOUR)
     out = aug(batch)
-    oh, ow = (h, w) if output_size is None else ((output_size, output_size) if isinstance(output_size, int) else output_size)
+    oh, ow = (
+        (h, w)
+        if output_size is None
+        else ((output_size, output_size) if isinstance(output_size, int) else output_size)
+    )
     assert out["image"].shape == (n, 3, oh, ow) and out["depth"].shape == (n, 1, oh, ow)
     assert out["intrinsics"].shape == (n, 3, 3) and torch.equal(out["label"], batch["label"])
 
@@ -50,7 +54,9 @@ def test_crop_flip_keeps_rgb_depth_and_intrinsics_aligned(output_size):
     assert 0 < flipped[:, 0].sum() < n and torch.equal(flipped.all(1), flipped.any(1))
 
     # the new intrinsics map every output pixel to the same camera ray as its source pixel (mirrored for flips)
-    vv, uu = torch.meshgrid(torch.arange(oh, dtype=torch.float32), torch.arange(ow, dtype=torch.float32), indexing="ij")
+    vv, uu = torch.meshgrid(
+        torch.arange(oh, dtype=torch.float32), torch.arange(ow, dtype=torch.float32), indexing="ij"
+    )
     new_rays = _rays(out["intrinsics"], uu.expand(n, oh, ow), vv.expand(n, oh, ow))
     old_rays = _rays(batch["intrinsics"], u_src, v_src)
     sign = torch.where(flipped[:, 0], -1.0, 1.0).double()[:, None, None]
@@ -66,7 +72,11 @@ def test_backprojection_stays_consistent_on_a_plane():
     v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     rays = torch.stack([(u - 23.5) / 40, (v - 23.5) / 40, torch.ones_like(u)], -1)
     depth = offset / (rays @ normal)
-    batch = {"image": torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(0)), "depth": depth.expand(n, 1, h, w), "intrinsics": k}
+    batch = {
+        "image": torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(0)),
+        "depth": depth.expand(n, 1, h, w),
+        "intrinsics": k,
+    }
     out = RgbdAugment(output_size=32, crop_scale=(0.3, 1.0), p_flip=0.5, generator=3)(batch)
     vv, uu = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     pts = _rays(out["intrinsics"], uu.expand(n, 32, 32), vv.expand(n, 32, 32)) * out["depth"][:, 0, ..., None].double()
@@ -111,7 +121,9 @@ def test_depth_noise_grows_with_depth_on_valid_pixels_only():
     depth = torch.ones(n, 1, h, w)
     depth[..., w // 2 :] = 3.0
     depth[..., ::4, ::4] = 0.0
-    out = RgbdAugment(p_crop=0.0, p_flip=0.0, depth_noise=0.01, generator=0, **NO_COLOUR)({"image": torch.zeros(n, 3, h, w), "depth": depth})
+    out = RgbdAugment(p_crop=0.0, p_flip=0.0, depth_noise=0.01, generator=0, **NO_COLOUR)(
+        {"image": torch.zeros(n, 3, h, w), "depth": depth}
+    )
     diff = out["depth"] - depth
     assert (out["depth"][depth == 0] == 0).all()
     near, far = diff[..., : w // 2][depth[..., : w // 2] > 0], diff[..., w // 2 :][depth[..., w // 2 :] > 0]
@@ -121,7 +133,11 @@ def test_depth_noise_grows_with_depth_on_valid_pixels_only():
 
 def test_extra_holes():
     n, h, w = 32, 48, 48
-    batch = {"image": torch.rand(n, 3, h, w), "depth": torch.full((n, 1, h, w), 2.0), "depth_mask": torch.ones(n, 1, h, w, dtype=torch.bool)}
+    batch = {
+        "image": torch.rand(n, 3, h, w),
+        "depth": torch.full((n, 1, h, w), 2.0),
+        "depth_mask": torch.ones(n, 1, h, w, dtype=torch.bool),
+    }
     out = RgbdAugment(p_crop=0.0, p_flip=0.0, p_extra_holes=1.0, hole_fraction=0.2, generator=0, **NO_COLOUR)(batch)
     frac = (~out["depth_mask"]).float().mean((1, 2, 3))
     assert torch.equal(out["depth_mask"], out["depth"] > 0)
@@ -133,7 +149,11 @@ def test_extra_holes():
 
 def test_modality_dropout_is_exclusive():
     n = 64
-    batch = {"image": torch.rand(n, 3, 16, 16) * 0.5 + 0.25, "depth": torch.full((n, 1, 16, 16), 1.5), "depth_mask": torch.ones(n, 1, 16, 16, dtype=torch.bool)}
+    batch = {
+        "image": torch.rand(n, 3, 16, 16) * 0.5 + 0.25,
+        "depth": torch.full((n, 1, 16, 16), 1.5),
+        "depth_mask": torch.ones(n, 1, 16, 16, dtype=torch.bool),
+    }
     out = RgbdAugment(p_drop_rgb=0.5, p_drop_depth=0.5, generator=0)(batch)
     rgb_dropped = (out["image"] == 0).flatten(1).all(1)
     depth_dropped = (~out["depth_mask"]).flatten(1).all(1)
@@ -161,7 +181,14 @@ def test_colour_jitter_touches_rgb_only_and_uint8_matches_float():
 
 def test_determinism_and_global_rng_untouched():
     batch = _coordinate_batch(8)
-    kwargs = {"output_size": 24, "depth_noise": 0.01, "p_extra_holes": 0.5, "p_drop_rgb": 0.2, "p_drop_depth": 0.2, "hue": 0.1}
+    kwargs = {
+        "output_size": 24,
+        "depth_noise": 0.01,
+        "p_extra_holes": 0.5,
+        "p_drop_rgb": 0.2,
+        "p_drop_depth": 0.2,
+        "hue": 0.1,
+    }
     state = torch.get_rng_state()
     a = RgbdAugment(generator=123, **kwargs)(batch)
     b = RgbdAugment(generator=torch.Generator().manual_seed(123), **kwargs)(batch)
@@ -251,6 +278,10 @@ def test_accepts_numpy_and_list_inputs():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(3)]
     depths = [rng.uniform(1, 2, (12, 12)).astype(np.float32).tolist() for _ in range(3)]
-    out = RgbdAugment(p_crop=0.0, p_flip=0.0, generator=0, **NO_COLOUR)({"image": images, "depth": depths, "intrinsics": [np.eye(3)] * 3})
-    torch.testing.assert_close(out["image"], torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0)
+    out = RgbdAugment(p_crop=0.0, p_flip=0.0, generator=0, **NO_COLOUR)(
+        {"image": images, "depth": depths, "intrinsics": [np.eye(3)] * 3}
+    )
+    torch.testing.assert_close(
+        out["image"], torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(out["depth"], torch.tensor(depths))

@@ -102,8 +102,12 @@ class RgbdAugment:
     ) -> None:
         if output_size is not None:
             size = (output_size, output_size) if isinstance(output_size, (int, np.integer)) else tuple(output_size)
-            if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in size):
-                raise ValueError(f"output_size must be None, a positive int or a pair of positive ints, got {output_size!r}")
+            if len(size) != 2 or any(
+                isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in size
+            ):
+                raise ValueError(
+                    f"output_size must be None, a positive int or a pair of positive ints, got {output_size!r}"
+                )
             output_size = (int(size[0]), int(size[1]))
         self.output_size = output_size
         self.crop_scale = _range("crop_scale", crop_scale, 0.0, 1.0)
@@ -115,7 +119,9 @@ class RgbdAugment:
         self.saturation = _non_negative("saturation", saturation)
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) > 1.0:
-                raise ValueError(f"{name} must be in [0, 1] (factors are drawn from [1 - s, 1 + s]), got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be in [0, 1] (factors are drawn from [1 - s, 1 + s]), got {getattr(self, name)}"
+                )
         self.hue = _non_negative("hue", hue)
         if self.hue > 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {hue}")
@@ -139,7 +145,9 @@ class RgbdAugment:
         elif isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
             self.generator = torch.Generator().manual_seed(int(generator))
         else:
-            raise ValueError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+            raise ValueError(
+                f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}"
+            )
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "generator")
@@ -151,9 +159,13 @@ class RgbdAugment:
     @staticmethod
     def _image_tensor(image: Any) -> torch.Tensor:
         if isinstance(image, (list, tuple)):  # datasets batch: PIL images or (H, W, 3) arrays
-            image = torch.from_numpy(np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in image]))
+            image = torch.from_numpy(
+                np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in image])
+            )
             if image.ndim != 4 or image.shape[-1] != 3:
-                raise ValueError(f"image list entries must be RGB images of shape (H, W, 3), got {tuple(image.shape[1:])}")
+                raise ValueError(
+                    f"image list entries must be RGB images of shape (H, W, 3), got {tuple(image.shape[1:])}"
+                )
             image = image.permute(0, 3, 1, 2)
         if not isinstance(image, torch.Tensor):
             raise ValueError(f"image must be a tensor (B, 3, H, W) or a list of images, got {type(image).__name__}")
@@ -211,7 +223,9 @@ class RgbdAugment:
             depth = depth[:, None]
         n, _, h, w = rgb.shape
         if depth.shape != (n, 1, h, w):
-            raise ValueError(f"depth must have shape (B, 1, H, W) or (B, H, W) matching image {(n, 3, h, w)}, got {_shape_of(batch['depth'])}")
+            raise ValueError(
+                f"depth must have shape (B, 1, H, W) or (B, H, W) matching image {(n, 3, h, w)}, got {_shape_of(batch['depth'])}"
+            )
         device = rgb.device
         depth = depth.to(device)
         valid = torch.isfinite(depth) & (depth > 0)
@@ -221,7 +235,9 @@ class RgbdAugment:
             if mask.ndim == 3:
                 mask = mask[:, None]
             if mask.shape != depth.shape:
-                raise ValueError(f"depth_mask must have the shape of depth {tuple(depth.shape)}, got {tuple(mask.shape)}")
+                raise ValueError(
+                    f"depth_mask must have the shape of depth {tuple(depth.shape)}, got {tuple(mask.shape)}"
+                )
             valid = valid & mask.to(device=device, dtype=torch.bool)
         depth = torch.where(valid, depth, 0.0)
         intrinsics = None
@@ -243,12 +259,17 @@ class RgbdAugment:
         src_x = box[:, 0:1] + (cols + 0.5) * sx[:, None] - 0.5
         src_y = box[:, 1:2] + (rows + 0.5) * sy[:, None] - 0.5  # (n, oh)
         grid = torch.stack(
-            [((src_x + 0.5) / w * 2 - 1)[:, None, :].expand(n, oh, ow), ((src_y + 0.5) / h * 2 - 1)[:, :, None].expand(n, oh, ow)],
+            [
+                ((src_x + 0.5) / w * 2 - 1)[:, None, :].expand(n, oh, ow),
+                ((src_y + 0.5) / h * 2 - 1)[:, :, None].expand(n, oh, ow),
+            ],
             -1,
         )
         rgb = F.grid_sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
         # depth and mask: nearest neighbour, so holes never blend with valid depth
-        geo = F.grid_sample(torch.cat([depth, valid.float()], 1), grid, mode="nearest", padding_mode="border", align_corners=False)
+        geo = F.grid_sample(
+            torch.cat([depth, valid.float()], 1), grid, mode="nearest", padding_mode="border", align_corners=False
+        )
         valid = geo[:, 1:2] > 0.5
         depth = torch.where(valid, geo[:, 0:1], 0.0)
         if intrinsics is not None:
