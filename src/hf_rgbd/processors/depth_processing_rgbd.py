@@ -530,12 +530,16 @@ def _intrinsics_list(intrinsics: Any, batch_size: int) -> list[torch.Tensor]:
 
 
 def _standardise_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Standardise each map over its valid pixels (std floored at 1e-6 m; a map without valid pixels stays 0)."""
-    weights = mask.to(values.dtype)
+    """Standardise each map over its valid pixels (std floored at 1e-6 m; a map without valid pixels stays 0).
+
+    The moments are taken in float64: in float32 the rounding error of the mean of a constant map (~1e-8 m) divided
+    by the floored std would turn a flat map into a constant offset instead of zeros."""
+    wide = values.double()
+    weights = mask.to(torch.float64)
     count = weights.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
-    mean = (values * weights).sum(dim=(1, 2, 3), keepdim=True) / count
-    var = ((values - mean).square() * weights).sum(dim=(1, 2, 3), keepdim=True) / count
-    return (values - mean) / var.sqrt().clamp(min=1e-6)
+    mean = (wide * weights).sum(dim=(1, 2, 3), keepdim=True) / count
+    var = ((wide - mean).square() * weights).sum(dim=(1, 2, 3), keepdim=True) / count
+    return ((wide - mean) / var.sqrt().clamp(min=1e-6)).to(values.dtype)
 
 
 def _check_depth_scale(depth_scale: Any) -> float:
