@@ -3,6 +3,16 @@
 Importing the package registers its configurations, processors and models with the transformers Auto classes.
 """
 
+from .modeling import (
+    RgbdClipConfig,
+    RgbdClipForImageClassification,
+    RgbdClipModel,
+    RgbdCnnConfig,
+    RgbdCnnForImageClassification,
+    RgbdCnnModel,
+    RgbdVitConfig,
+    RgbdVitModel,
+)
 from .processors import (
     RgbdDepthProcessor,
     RgbdImageProcessor,
@@ -16,6 +26,14 @@ __version__ = "0.1.0.dev0"
 register_auto_classes()
 
 __all__ = [
+    "RgbdClipConfig",
+    "RgbdClipForImageClassification",
+    "RgbdClipModel",
+    "RgbdVitConfig",
+    "RgbdVitModel",
+    "RgbdCnnConfig",
+    "RgbdCnnForImageClassification",
+    "RgbdCnnModel",
     "RgbdDepthProcessor",
     "RgbdImageProcessor",
     "RgbdProcessor",

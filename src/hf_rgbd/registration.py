@@ -1,12 +1,34 @@
 """Registration of hf_rgbd classes with the transformers Auto classes (run once, at `import hf_rgbd`)."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoProcessor
 
+from .modeling import (
+    RgbdClipConfig,
+    RgbdClipForImageClassification,
+    RgbdClipModel,
+    RgbdCnnConfig,
+    RgbdCnnForImageClassification,
+    RgbdCnnModel,
+    RgbdVitConfig,
+    RgbdVitModel,
+)
 from .processors import RgbdImageProcessor, RgbdProcessor, RgbdProcessorConfig
+
+# (config, base model, classification model or None) of every model family
+MODEL_FAMILIES = (
+    (RgbdVitConfig, RgbdVitModel, None),
+    (RgbdClipConfig, RgbdClipModel, RgbdClipForImageClassification),
+    (RgbdCnnConfig, RgbdCnnModel, RgbdCnnForImageClassification),
+)
 
 
 def register_auto_classes() -> None:
-    """Register configs, processors (and, as families land, models) with the Auto classes. Idempotent."""
+    """Register configs, processors and models with the Auto classes. Idempotent.
+
+    Saved folders of the registered models carry their code and list AutoConfig, AutoModel and (where there is one)
+    AutoModelForImageClassification in their `auto_map`, so they load with `trust_remote_code=True` without
+    hf_rgbd; `AutoProcessor` maps every family's config to `RgbdProcessor`.
+    """
     AutoConfig.register(RgbdProcessorConfig.model_type, RgbdProcessorConfig, exist_ok=True)
     AutoImageProcessor.register(
         RgbdProcessorConfig,
@@ -14,5 +36,15 @@ def register_auto_classes() -> None:
         exist_ok=True,
     )
     AutoProcessor.register(RgbdProcessorConfig, RgbdProcessor, exist_ok=True)
-    # Saved processors carry their code and an auto_map, so they load with trust_remote_code=True without hf_rgbd.
     RgbdProcessor.register_for_auto_class("AutoProcessor")
+
+    for config_class, model_class, classification_class in MODEL_FAMILIES:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, model_class, exist_ok=True)
+        if classification_class is None:
+            continue
+        AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
+        AutoProcessor.register(config_class, RgbdProcessor, exist_ok=True)
+        config_class.register_for_auto_class("AutoConfig")
+        model_class.register_for_auto_class("AutoModel")
+        classification_class.register_for_auto_class("AutoModelForImageClassification")

@@ -1,0 +1,112 @@
+"""Configuration of the CLIP-style RGB-D dual encoder (`RgbdClipConfig`).
+
+Part of the flat `hf_rgbd.modeling` folder: single-dot imports only, so a saved model folder carries it.
+"""
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_rgbd_common import RGBD_MODALITIES, check_shared_fields, is_number, normalize_modality_dropout
+from .configuration_rgbd_vit import RgbdVitConfig
+
+
+@strict
+class RgbdClipConfig(PreTrainedConfig):
+    r"""Configuration of [`RgbdClipModel`] and [`RgbdClipForImageClassification`].
+
+    An RGB ViT tower (`rgb_config`) and a depth ViT tower (`depth_config`), each followed by a linear projection to
+    `projection_dim`, trained with a symmetric contrastive loss (ITC) and a learnable temperature. The defaults are
+    ViT-B/16 sized towers, as CLIP's; `RgbdClipConfig.tiny()` and `RgbdClipConfig.small()` are small named configs.
+
+    Args:
+        rgb_config (`dict` or [`RgbdVitConfig`], *optional*): the RGB tower (`modality="rgb"`, 3 channels).
+        depth_config (`dict` or [`RgbdVitConfig`], *optional*): the depth tower (`modality="depth"`; 1 channel by
+            default, `num_channels=3` for HHA). A dict without `modality` gets `"depth"`.
+        projection_dim (`int`, defaults to 512): size of the shared embedding space.
+        logit_scale_init_value (`float`, defaults to 2.6592): initial `logit_scale` (log of 1/0.07), as CLIP. In
+            the forward pass the scale is clamped to [0, log(100)].
+        modalities (`str`, defaults to `"rgbd"`): `"rgbd"`, `"rgb"` or `"depth"`; the field every hf_rgbd family
+            shares. With `"rgb"` / `"depth"` only that tower is built (ablations: the other modality's inputs are
+            ignored; contrastive logits and loss need `"rgbd"`).
+        modality_dropout (`float` or `(p_rgb, p_depth)`, defaults to `(0.0, 0.0)`): classification only.
+            Per-sample probabilities of dropping the RGB / the depth input in training (a float means the same
+            probability for both). The events are exclusive (one uniform draw per sample, from the torch RNG), so a
+            sample never loses both; hence `p_rgb + p_depth <= 1`. A dropped modality is replaced by a learned
+            "missing modality" embedding, exactly as a missing input at inference (`depth_values=None`).
+        classifier_dropout (`float`, defaults to 0.0): dropout on the fused embedding before the classifier.
+        initializer_range (`float`, defaults to 0.02): std for the heads' initialisation.
+        num_labels (`int`): classes of [`RgbdClipForImageClassification`].
+    """
+
+    model_type = "rgbd_clip"
+    sub_configs_defaults = {
+        "rgb_config": SubConfigSpec(RgbdVitConfig, init_kwargs={"modality": "rgb"}),
+        "depth_config": SubConfigSpec(RgbdVitConfig, init_kwargs={"modality": "depth"}),
+    }
+
+    rgb_config: dict | RgbdVitConfig | None = None
+    depth_config: dict | RgbdVitConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float | int = 2.6592
+    modalities: str = "rgbd"
+    modality_dropout: list[float] | tuple[float, ...] | float = (0.0, 0.0)
+    classifier_dropout: float | int = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if isinstance(self.rgb_config, dict) and "modality" not in self.rgb_config:
+            self.rgb_config = {**self.rgb_config, "modality": "rgb"}
+        if isinstance(self.depth_config, dict) and "modality" not in self.depth_config:
+            self.depth_config = {**self.depth_config, "modality": "depth"}
+        self.modality_dropout = normalize_modality_dropout(self.modality_dropout)
+        super().__post_init__(**kwargs)
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raise `ValueError` naming the first invalid field."""
+        if self.rgb_config.modality != "rgb":
+            raise ValueError(f"`rgb_config.modality` must be 'rgb', got {self.rgb_config.modality!r}.")
+        if self.depth_config.modality != "depth":
+            raise ValueError(f"`depth_config.modality` must be 'depth', got {self.depth_config.modality!r}.")
+        if not isinstance(self.projection_dim, int) or self.projection_dim < 1:
+            raise ValueError(f"`projection_dim` must be a positive int, got {self.projection_dim!r}.")
+        if not is_number(self.logit_scale_init_value):
+            raise ValueError(f"`logit_scale_init_value` must be a number, got {self.logit_scale_init_value!r}.")
+        check_shared_fields(self.modalities, self.modality_dropout, self.classifier_dropout)
+
+    @property
+    def active_modalities(self) -> tuple[str, ...]:
+        """The towers this config builds: `("rgb", "depth")`, `("rgb",)` or `("depth",)`."""
+        return {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}[self.modalities]
+
+    @classmethod
+    def tiny(cls, **kwargs: Any) -> "RgbdClipConfig":
+        """Tiny towers for tests (hidden 32, 2 layers, 2 heads, image 32, patch 8), projection 16.
+
+        `rgb_config` / `depth_config` dicts in `kwargs` override the tiny tower fields.
+        """
+        return cls._named(RgbdVitConfig.tiny, dict(projection_dim=16), kwargs)
+
+    @classmethod
+    def small(cls, **kwargs: Any) -> "RgbdClipConfig":
+        """Small towers for 64x64 inputs on a CPU (`RgbdVitConfig.small()`: hidden 128, 4 layers, 4 heads, patch
+        16), projection 128."""
+        return cls._named(RgbdVitConfig.small, dict(projection_dim=128), kwargs)
+
+    @classmethod
+    def _named(cls, tower: Any, defaults: dict[str, Any], kwargs: dict[str, Any]) -> "RgbdClipConfig":
+        rgb_overrides = dict(kwargs.pop("rgb_config", None) or {})
+        depth_overrides = dict(kwargs.pop("depth_config", None) or {})
+        rgb_overrides.pop("modality", None)
+        depth_overrides.pop("modality", None)
+        return cls(
+            rgb_config=tower("rgb", **rgb_overrides).to_dict(),
+            depth_config=tower("depth", **depth_overrides).to_dict(),
+            **{**defaults, **kwargs},
+        )
+
+
+__all__ = ["RGBD_MODALITIES", "RgbdClipConfig"]

@@ -1,0 +1,164 @@
+"""Configuration of one RGB-D vision-transformer tower (`RgbdVitConfig`).
+
+This file is part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so a saved model folder
+carries it and loads with `trust_remote_code=True` where hf_rgbd is not installed.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+RGBD_TOWER_MODALITIES: tuple[str, ...] = ("rgb", "depth")
+
+
+def _as_pair(value: int | list[int] | tuple[int, ...], name: str) -> tuple[int, int]:
+    """`value` as an `(height, width)` pair of positive ints; ValueError naming `name` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"`{name}` must be an int or a (height, width) pair of ints, got {value!r}.")
+    if min(pair) < 1:
+        raise ValueError(f"`{name}` must be positive, got {value!r}.")
+    return pair
+
+
+@strict
+class RgbdVitConfig(PreTrainedConfig):
+    r"""Configuration of one pre-norm ViT tower of an RGB-D model ([`RgbdVitModel`]).
+
+    One tower encodes one modality: `modality="rgb"` reads `pixel_values` (3 channels), `modality="depth"` reads
+    `depth_values` (1 channel, or 3 for HHA) together with `depth_mask`. The defaults are ViT-B/16 sized. The
+    building blocks it configures ([`RgbdVitEmbeddings`], [`RgbdVitLayer`], [`RgbdVitEncoder`]) are shared by the
+    transformer families of hf_rgbd.
+
+    Args:
+        modality (`str`, defaults to `"rgb"`): `"rgb"` or `"depth"`, the input this tower embeds.
+        num_channels (`int`, *optional*): input channels; default 3 for `"rgb"`, 1 for `"depth"` (3 for HHA).
+        hidden_size (`int`, defaults to 768): width of the tokens.
+        num_hidden_layers (`int`, defaults to 12): number of encoder layers.
+        num_attention_heads (`int`, defaults to 12): attention heads; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 3072): hidden width of the MLP.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation (any key of `transformers.activations.ACT2FN`).
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on embeddings and residual branches.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention probabilities.
+        initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
+        layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
+        image_size (`int` or `(height, width)`, defaults to 224): input size the position embeddings are made for;
+            other sizes need `interpolate_pos_encoding=True`. Must be a multiple of `patch_size`.
+        patch_size (`int` or `(height, width)`, defaults to 16): patch size.
+        qkv_bias (`bool`, defaults to `True`): bias on the query/key/value projections.
+        patch_embedding_bias (`bool`, defaults to `True`): bias on the patch projection (ViT: yes, CLIP: no).
+        use_pre_layernorm (`bool`, defaults to `False`): LayerNorm on the embeddings before the first layer (CLIP).
+        mask_missing_depth_patches (`bool`, defaults to `True`): depth only. A patch without any valid depth pixel
+            is always replaced by the learned `missing_depth_embedding`; with this flag it is also removed from the
+            attention keys, so it cannot influence any other token (it still has its own output row).
+        position_embedding_init (`str`, defaults to `"random"`): initialisation of the (always learned) position
+            embeddings: `"random"` (truncated normal, as ViT) or `"sincos"` (2-D sine-cosine table, as MAE; the same
+            table in every tower, which helps towers trained from scratch on little data to agree on positions).
+    """
+
+    model_type = "rgbd_vit"
+
+    modality: str = "rgb"
+    num_channels: int | None = None
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    image_size: int | list[int] | tuple[int, int] = 224
+    patch_size: int | list[int] | tuple[int, int] = 16
+    qkv_bias: bool = True
+    patch_embedding_bias: bool = True
+    use_pre_layernorm: bool = False
+    mask_missing_depth_patches: bool = True
+    position_embedding_init: str = "random"
+
+    def __post_init__(self, **kwargs):
+        if self.modality not in RGBD_TOWER_MODALITIES:
+            raise ValueError(f"`modality` must be one of {RGBD_TOWER_MODALITIES}, got {self.modality!r}.")
+        if self.position_embedding_init not in ("random", "sincos"):
+            raise ValueError(
+                f"`position_embedding_init` must be 'random' or 'sincos', got {self.position_embedding_init!r}."
+            )
+        if self.num_channels is None:
+            self.num_channels = 3 if self.modality == "rgb" else 1
+        if self.num_channels < 1:
+            raise ValueError(f"`num_channels` must be positive, got {self.num_channels}.")
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
+        image_size = _as_pair(self.image_size, "image_size")
+        patch_size = _as_pair(self.patch_size, "patch_size")
+        if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+            raise ValueError(f"`image_size` {self.image_size} must be a multiple of `patch_size` {self.patch_size}.")
+        super().__post_init__(**kwargs)
+
+    @property
+    def image_size_pair(self) -> tuple[int, int]:
+        """`image_size` as `(height, width)`."""
+        return _as_pair(self.image_size, "image_size")
+
+    @property
+    def patch_size_pair(self) -> tuple[int, int]:
+        """`patch_size` as `(height, width)`."""
+        return _as_pair(self.patch_size, "patch_size")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Number of patches along `(height, width)` at `image_size`."""
+        (h, w), (ph, pw) = self.image_size_pair, self.patch_size_pair
+        return h // ph, w // pw
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens at `image_size` (the [CLS] token not counted)."""
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @classmethod
+    def tiny(cls, modality: str = "rgb", **kwargs) -> "RgbdVitConfig":
+        """A tiny tower for tests: hidden 32, 2 layers, 2 heads, image 32, patch 8."""
+        defaults = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+        defaults.update(kwargs)
+        return cls(modality=modality, **defaults)
+
+    @classmethod
+    def small(cls, modality: str = "rgb", **kwargs) -> "RgbdVitConfig":
+        """A small tower for 64x64 inputs on a CPU: hidden 128, 4 layers, 4 heads, MLP 256, patch 16 (16 patches),
+        sine-cosine initialised position embeddings (for training from scratch)."""
+        defaults = dict(
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+            image_size=64,
+            patch_size=16,
+            layer_norm_eps=1e-6,
+            position_embedding_init="sincos",
+        )
+        defaults.update(kwargs)
+        return cls(modality=modality, **defaults)
+
+
+__all__ = ["RGBD_TOWER_MODALITIES", "RgbdVitConfig"]

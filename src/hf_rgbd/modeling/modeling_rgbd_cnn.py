@@ -1,0 +1,821 @@
+"""CNN fusion family: early, feature-level and multi-stage RGB-D fusion on ResNet streams.
+
+Streams reuse transformers' ResNet building blocks (`ResNetConvLayer`, `ResNetStage`) with the same parameter names
+as `transformers.ResNetModel`, so an HF ResNet checkpoint maps onto the RGB stream key for key
+(`RgbdCnnModel.from_resnet_pretrained`).
+
+How missing inputs are handled (identically for a modality dropped by `config.modality_dropout` in training and
+for `pixel_values=None` / `depth_values=None` at inference):
+
+- early fusion: the missing channels are zeros; a missing depth map is a map that is all holes (zero depth, mask
+  channel 0), so the network sees "no valid depth anywhere";
+- feature-level fusion: the missing stream's final feature map is replaced by a learned "missing" embedding
+  (`missing_rgb_embedding` / `missing_depth_embedding`, one vector per modality, broadcast over positions);
+- multi-stage fusion: the missing modality contributes nothing to the attention-weighted sums (depth at every
+  fusion, RGB at the stem fusion, after which the RGB stream carries the fused features).
+
+Depth input (`_prepare_inputs`): holes (`depth_mask` False; default: non-finite values) never reach the network
+with their stored values. Each depth channel is standardised over its valid pixels (`normalize_depth`, holes -> 0),
+holes are then filled from nearby valid depth (`fill_depth_holes`), and with `use_depth_mask` the mask is one more
+input channel, so the network still knows which values were measured. This file is copied next to the weights by `save_pretrained`: it imports only transformers,
+torch and the configuration file beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetStage
+from transformers.utils import ModelOutput, logging
+
+from .configuration_rgbd_cnn import RgbdCnnConfig
+from .modeling_rgbd_common import RgbdAutoMapMixin
+
+logger = logging.get_logger(__name__)
+
+HOLE_FILL_LEVELS = 5
+# Hub / cache arguments `from_resnet_pretrained` passes to `ResNetModel.from_pretrained`; the rest configure the model.
+_LOADING_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+# Backbone fields shared with `transformers.ResNetConfig`.
+_RESNET_FIELDS = (
+    "num_channels",
+    "embedding_size",
+    "hidden_sizes",
+    "depths",
+    "layer_type",
+    "hidden_act",
+    "downsample_in_first_stage",
+    "downsample_in_bottleneck",
+)
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+@dataclass
+class RgbdCnnModelOutput(ModelOutput):
+    r"""
+    Output of [`RgbdCnnModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, fused_hidden_size, height / 32, width / 32)`):
+            fused feature map after the last stage (`config.fused_hidden_size` channels; the stride is 32 with the
+            default `downsample_in_first_stage=False` and four stages, `4 * 2 ** (num_stages - 1)` in general).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, fused_hidden_size)`):
+            global average of `last_hidden_state`: the fused RGB-D embedding.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            `1 + num_stages` maps `(batch_size, channels_i, height_i, width_i)` (stem, then every stage) of the
+            path that produces `last_hidden_state`: the single stream (`modalities` `"rgb"` / `"depth"`, early
+            fusion), the fused stream after every fusion (multi-stage), or the RGB stream (feature-level fusion;
+            `None` when RGB is missing for the whole batch).
+        depth_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            the depth stream's maps (stem, then every stage) for the two-stream fusions, when depth is given.
+        modality_mask (`torch.BoolTensor` of shape `(batch_size, 2)`):
+            per sample, whether RGB (column 0) and depth (column 1) were used: False where the input was missing,
+            dropped by modality dropout, or not part of `config.modalities`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    depth_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    modality_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class RgbdCnnImageClassifierOutput(ModelOutput):
+    r"""
+    Output of [`RgbdCnnForImageClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            classification loss (cross-entropy for integer labels).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): classification scores.
+        hidden_states, depth_hidden_states, modality_mask: as in [`RgbdCnnModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    depth_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    modality_mask: torch.BoolTensor | None = None
+
+
+# ------------------------------------------------------------------------------------------------------ blocks
+class RgbdCnnDepthNorm(nn.Module):
+    """Per-channel standardisation of depth over its valid pixels, then a learned scale and shift; holes -> 0.
+
+    Like `BatchNorm2d` (batch statistics in training, running statistics with momentum 0.1 in eval), except that the
+    statistics ignore holes and holes come out as exactly 0 (so a map without valid depth is all zeros).
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """depth (B, C, H, W), mask (B, 1, H, W) bool -> (B, C, H, W), 0 where `mask` is False."""
+        mean, var = self.running_mean, self.running_var
+        valid = mask.to(depth.dtype)
+        count = valid.sum()
+        if self.training and count.item() > 1:
+            zero = torch.zeros((), dtype=depth.dtype, device=depth.device)
+            values = torch.where(mask, depth, zero)
+            mean = values.sum(dim=(0, 2, 3)) / count
+            var = (torch.where(mask, depth - mean[None, :, None, None], zero) ** 2).sum(dim=(0, 2, 3)) / count
+            with torch.no_grad():
+                unbiased = var * count / (count - 1)
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.detach())
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        normalised = (depth - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
+        return torch.where(mask, normalised, torch.zeros((), dtype=depth.dtype, device=depth.device))
+
+
+class RgbdCnnEmbeddings(nn.Module):
+    """ResNet stem: 7x7 stride-2 convolution + batch norm + activation, then a 3x3 stride-2 max-pool.
+
+    Parameter names equal those of `transformers`' `ResNetEmbeddings`; the number of input channels is free.
+    """
+
+    def __init__(self, config: RgbdCnnConfig, in_channels: int, input_name: str) -> None:
+        super().__init__()
+        self.embedder = ResNetConvLayer(
+            in_channels, config.embedding_size, kernel_size=7, stride=2, activation=config.hidden_act
+        )
+        self.pooler = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.num_channels = in_channels
+        self.input_name = input_name
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, H, W) -> (B, embedding_size, ceil(H / 4), ceil(W / 4))."""
+        if inputs.shape[1] != self.num_channels:
+            raise ValueError(
+                f"the stem expects {self.num_channels} channels built from {self.input_name}, got {inputs.shape[1]}."
+            )
+        return self.pooler(self.embedder(inputs))
+
+
+class RgbdCnnStage(GradientCheckpointingLayer, ResNetStage):
+    """A ResNet stage (transformers' `ResNetStage`), checkpointable with `gradient_checkpointing_enable()`.
+
+    Under activation checkpointing the backward pass recomputes the stage in train mode, so batch-norm running
+    statistics receive a second (identical) update per step; losses and gradients are unchanged.
+    """
+
+
+class RgbdCnnEncoder(nn.Module):
+    """The residual stages of one stream (names as in `transformers`' `ResNetEncoder`)."""
+
+    def __init__(self, config: RgbdCnnConfig) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList()
+        in_channels = config.embedding_size
+        for index, (out_channels, depth) in enumerate(zip(config.hidden_sizes, config.depths, strict=True)):
+            stride = 2 if index > 0 or config.downsample_in_first_stage else 1
+            self.stages.append(RgbdCnnStage(config, in_channels, out_channels, stride=stride, depth=depth))
+            in_channels = out_channels
+
+
+class RgbdCnnStream(nn.Module):
+    """One ResNet stream (stem + stages, without pooling): the RGB, the depth or the early-fusion RGB-D stream."""
+
+    def __init__(self, config: RgbdCnnConfig, in_channels: int, input_name: str) -> None:
+        super().__init__()
+        self.embedder = RgbdCnnEmbeddings(config, in_channels, input_name)
+        self.encoder = RgbdCnnEncoder(config)
+
+    def forward(
+        self, inputs: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """(B, in_channels, H, W) -> last map (B, hidden_sizes[-1], h, w) and, if asked, the stem + stage maps."""
+        hidden_state = self.embedder(inputs)
+        hidden_states = (hidden_state,) if output_hidden_states else None
+        for stage in self.encoder.stages:
+            hidden_state = stage(hidden_state)
+            if output_hidden_states:
+                hidden_states = hidden_states + (hidden_state,)
+        return hidden_state, hidden_states
+
+
+class RgbdCnnSqueezeExcitation(nn.Module):
+    """Channel attention: `x * sigmoid(W2 act(W1 mean_hw(x)))`, hidden width `max(1, channels // se_reduction)`."""
+
+    def __init__(self, channels: int, config: RgbdCnnConfig) -> None:
+        super().__init__()
+        hidden = max(1, channels // config.se_reduction)
+        self.reduce = nn.Linear(channels, hidden)
+        self.expand = nn.Linear(hidden, channels)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W), each channel scaled by a gate in (0, 1)."""
+        squeezed = hidden_state.mean(dim=(2, 3))
+        gate = torch.sigmoid(self.expand(self.activation(self.reduce(squeezed))))
+        return hidden_state * gate[:, :, None, None]
+
+
+class RgbdCnnAttentionFusion(nn.Module):
+    """ESANet-style fusion: `SE_rgb(rgb) + SE_depth(depth)`, a missing / dropped modality contributing zero."""
+
+    def __init__(self, channels: int, config: RgbdCnnConfig) -> None:
+        super().__init__()
+        self.rgb_attention = RgbdCnnSqueezeExcitation(channels, config)
+        self.depth_attention = RgbdCnnSqueezeExcitation(channels, config)
+
+    def forward(
+        self,
+        rgb: torch.Tensor | None,
+        depth: torch.Tensor | None,
+        rgb_present: torch.Tensor | None,
+        depth_present: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Maps (B, C, H, W) (either may be None = missing for the whole batch; not both) -> (B, C, H, W).
+
+        `rgb_present` / `depth_present`: (B,) bool, or None when every sample has that modality.
+        """
+        fused = None
+        for values, attention, present in (
+            (rgb, self.rgb_attention, rgb_present),
+            (depth, self.depth_attention, depth_present),
+        ):
+            if values is None:
+                continue
+            term = attention(values)
+            if present is not None:
+                term = torch.where(present[:, None, None, None], term, term.new_zeros(()))
+            fused = term if fused is None else fused + term
+        return fused
+
+
+class RgbdCnnFeatureFusion(nn.Module):
+    """Joins the final RGB and depth maps (B, C, h, w): `concat` (-> 2C channels), `sum`, or `weighted`.
+
+    `weighted`: `w_rgb * rgb + w_depth * depth` with per-channel weights `softmax(fusion_logits, dim=0)`
+    (`fusion_logits` (2, C), initialised to zeros, i.e. 1/2 each).
+    """
+
+    def __init__(self, config: RgbdCnnConfig) -> None:
+        super().__init__()
+        self.mode = config.feature_fusion
+        if self.mode == "weighted":
+            self.fusion_logits = nn.Parameter(torch.zeros(2, config.hidden_sizes[-1]))
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        if self.mode == "concat":
+            return torch.cat([rgb, depth], dim=1)
+        if self.mode == "sum":
+            return rgb + depth
+        weights = torch.softmax(self.fusion_logits, dim=0).to(rgb.dtype)
+        return rgb * weights[0][None, :, None, None] + depth * weights[1][None, :, None, None]
+
+
+# ------------------------------------------------------------------------------------------------------ models
+class RgbdCnnPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
+    """Base class: weight initialisation, HF ResNet loading and the `auto_map` of saved folders."""
+
+    config_class = RgbdCnnConfig
+    auto_map_classes = {
+        "AutoModel": "RgbdCnnModel",
+        "AutoModelForImageClassification": "RgbdCnnForImageClassification",
+    }
+    config: RgbdCnnConfig
+    base_model_prefix = "rgbd_cnn"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ResNetConvLayer", "ResNetShortCut"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            # torch's own Linear initialisation
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1]
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            if getattr(module, "num_batches_tracked", None) is not None:
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, RgbdCnnDepthNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+        elif isinstance(module, RgbdCnnFeatureFusion) and module.mode == "weighted":
+            init.zeros_(module.fusion_logits)
+        elif isinstance(module, RgbdCnnModel):
+            for name in ("missing_rgb_embedding", "missing_depth_embedding"):
+                if getattr(module, name, None) is not None:
+                    init.zeros_(getattr(module, name))
+
+    # -------------------------------------------------------------------------------------------- HF ResNet
+    @classmethod
+    def from_resnet_pretrained(cls, pretrained_model_name_or_path: str, **kwargs: Any) -> RgbdCnnPreTrainedModel:
+        r"""Build a model whose streams start from an HF ResNet checkpoint (`ResNetModel` or
+        `ResNetForImageClassification` folder or hub id).
+
+        The backbone fields (`embedding_size`, `hidden_sizes`, `depths`, `layer_type`, ...) come from the
+        checkpoint's `ResNetConfig`; other keyword arguments (`fusion_type`, `depth_channels`, `num_labels`, ...)
+        configure the [`RgbdCnnConfig`], and `cache_dir`, `revision`, `token`, `local_files_only`, ... go to
+        `ResNetModel.from_pretrained`. Weights: see [`~RgbdCnnPreTrainedModel.load_resnet_state_dict`].
+
+        ```python
+        model = RgbdCnnForImageClassification.from_resnet_pretrained(
+            "microsoft/resnet-18", fusion_type="multi_stage", num_labels=10
+        )
+        ```
+        """
+        from transformers import ResNetModel
+
+        loading = {key: kwargs.pop(key) for key in list(kwargs) if key in _LOADING_KWARGS}
+        resnet = ResNetModel.from_pretrained(pretrained_model_name_or_path, **loading)
+        backbone = {name: getattr(resnet.config, name) for name in _RESNET_FIELDS}
+        backbone["hidden_sizes"] = list(backbone["hidden_sizes"])
+        backbone["depths"] = list(backbone["depths"])
+        for name, value in kwargs.items():
+            if name in backbone and _plain(value) != _plain(backbone[name]):
+                raise ValueError(
+                    f"`{name}={value!r}` conflicts with the ResNet checkpoint {pretrained_model_name_or_path!r}, "
+                    f"which has {name}={backbone[name]!r}."
+                )
+        config = RgbdCnnConfig(**{**backbone, **kwargs})
+        model = cls(config)
+        model.load_resnet_state_dict(resnet.state_dict())
+        model.config.name_or_path = str(pretrained_model_name_or_path)
+        return model
+
+    def load_resnet_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy an HF ResNet state dict (`ResNetModel` keys, or `ResNetForImageClassification` keys with the
+        `resnet.` prefix; the classifier is ignored) into every stream of this model.
+
+        - RGB stream: copied key for key.
+        - Depth stream: the same weights, except the stem convolution, whose depth filters are the mean over the
+          RGB input channels of the RGB stem filters, repeated for `depth_channels`; the mask channel's filter is 0.
+        - Early-fusion stream: stem filters `[rgb filters, channel-mean filters x depth_channels, 0 (mask)]`.
+
+        Fusion modules, "missing" embeddings and the classifier keep their initialisation.
+        """
+        base = getattr(self, self.base_model_prefix, self)
+        resnet = {}
+        for key, value in state_dict.items():
+            if key.startswith("classifier."):
+                continue
+            key = key[len("resnet.") :] if key.startswith("resnet.") else key
+            if not key.startswith(("embedder.", "encoder.")):
+                raise ValueError(f"`state_dict` has a key {key!r} that is not part of an HF ResNet backbone.")
+            resnet[key] = value
+        stem_key = "embedder.embedder.convolution.weight"
+        if stem_key not in resnet:
+            raise ValueError(f"`state_dict` has no {stem_key!r}: not an HF ResNet checkpoint.")
+        rgb_filters = resnet[stem_key]
+        if rgb_filters.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"the ResNet stem takes {rgb_filters.shape[1]} channels, expected {self.config.num_channels} (RGB)."
+            )
+        mean_filter = rgb_filters.mean(dim=1, keepdim=True)
+        depth_filters = [mean_filter.repeat(1, self.config.depth_channels, 1, 1)]
+        if self.config.use_depth_mask:
+            depth_filters.append(torch.zeros_like(mean_filter))
+        stems = {
+            "rgb_stream": rgb_filters,
+            "depth_stream": torch.cat(depth_filters, dim=1),
+            "rgbd_stream": torch.cat([rgb_filters, *depth_filters], dim=1),
+        }
+        mapped = {}
+        for stream_name, stem in stems.items():
+            if getattr(base, stream_name, None) is None:
+                continue
+            prefix = f"{base_prefix(self)}{stream_name}."
+            for key, value in resnet.items():
+                mapped[prefix + key] = stem if key == stem_key else value
+        result = self.load_state_dict(mapped, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"ResNet weights do not fit this model's streams: {sorted(result.unexpected_keys)}.")
+        stream_missing = [key for key in result.missing_keys if "_stream." in key]
+        if stream_missing:
+            raise ValueError(f"the ResNet checkpoint lacks weights for {sorted(stream_missing)}.")
+
+
+def base_prefix(model: RgbdCnnPreTrainedModel) -> str:
+    """State-dict prefix of the `RgbdCnnModel` inside `model` (`""` for the base model itself)."""
+    return "" if isinstance(model, RgbdCnnModel) else f"{model.base_model_prefix}."
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class RgbdCnnModel(RgbdCnnPreTrainedModel):
+    r"""
+    RGB-D CNN encoder: `config.fusion_type` early / feature-level / multi-stage fusion of ResNet streams, or a single
+    stream with `config.modalities` `"rgb"` / `"depth"`. Returns fused feature maps and their global average.
+    """
+
+    def __init__(self, config: RgbdCnnConfig) -> None:
+        super().__init__(config)
+        config.check_fields()
+        self.rgb_stream: RgbdCnnStream | None = None
+        self.depth_stream: RgbdCnnStream | None = None
+        self.rgbd_stream: RgbdCnnStream | None = None
+        self.feature_fusion: RgbdCnnFeatureFusion | None = None
+        self.stage_fusions: nn.ModuleList | None = None
+        self.missing_rgb_embedding: nn.Parameter | None = None
+        self.missing_depth_embedding: nn.Parameter | None = None
+        depth_name = "depth_values" + (" + depth_mask" if config.use_depth_mask else "")
+        if config.modalities == "rgb":
+            self.rgb_stream = RgbdCnnStream(config, config.num_channels, "pixel_values")
+        elif config.modalities == "depth":
+            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels, depth_name)
+        elif config.fusion_type == "early":
+            self.rgbd_stream = RgbdCnnStream(config, config.early_input_channels, "pixel_values + " + depth_name)
+        else:
+            self.rgb_stream = RgbdCnnStream(config, config.num_channels, "pixel_values")
+            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels, depth_name)
+            if config.fusion_type == "feature":
+                self.feature_fusion = RgbdCnnFeatureFusion(config)
+                self.missing_rgb_embedding = nn.Parameter(torch.zeros(config.hidden_sizes[-1]))
+                self.missing_depth_embedding = nn.Parameter(torch.zeros(config.hidden_sizes[-1]))
+            else:
+                channels = [config.embedding_size, *config.hidden_sizes]
+                self.stage_fusions = nn.ModuleList([RgbdCnnAttentionFusion(c, config) for c in channels])
+        self.depth_norm: RgbdCnnDepthNorm | None = None
+        if config.normalize_depth and config.modalities != "rgb":
+            self.depth_norm = RgbdCnnDepthNorm(config.depth_channels)
+        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        depth_values: torch.FloatTensor | None = None,
+        depth_mask: torch.BoolTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> RgbdCnnModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
+                normalised RGB (`RgbdProcessor`). Required with `modalities="rgb"`; ignored with `"depth"`; may be
+                None with `"rgbd"` (missing RGB, see the module docstring).
+            depth_values (`torch.FloatTensor` of shape `(batch_size, depth_channels, height, width)`, *optional*):
+                depth in the processor's representation (1 channel, or 3 for HHA). Required with
+                `modalities="depth"`; ignored with `"rgb"`; may be None with `"rgbd"` (missing depth).
+            depth_mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*):
+                True where depth is valid. Default: valid wherever every channel of `depth_values` is finite.
+            output_hidden_states (`bool`, *optional*): return the per-stage feature maps.
+            return_dict (`bool`, *optional*): return a [`RgbdCnnModelOutput`] instead of a tuple.
+            kwargs: ignored (e.g. other processor outputs such as `depth_token_ids`).
+
+        Returns:
+            [`RgbdCnnModelOutput`] (or a tuple of its non-None fields).
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pixel_values, depth_input = self._prepare_inputs(pixel_values, depth_values, depth_mask)
+        reference = pixel_values if pixel_values is not None else depth_input
+        batch_size, device = reference.shape[0], reference.device
+        rgb_present, depth_present = self._present_modalities(batch_size, device, pixel_values, depth_input)
+
+        depth_hidden_states = None
+        if self.rgbd_stream is not None:
+            last, hidden_states = self._forward_early(
+                pixel_values, depth_input, rgb_present, depth_present, output_hidden_states
+            )
+        elif self.feature_fusion is not None:
+            last, hidden_states, depth_hidden_states = self._forward_feature(
+                pixel_values, depth_input, rgb_present, depth_present, output_hidden_states
+            )
+        elif self.stage_fusions is not None:
+            last, hidden_states, depth_hidden_states = self._forward_multi_stage(
+                pixel_values, depth_input, rgb_present, depth_present, output_hidden_states
+            )
+        elif self.rgb_stream is not None:
+            last, hidden_states = self.rgb_stream(pixel_values, output_hidden_states)
+        else:
+            last, hidden_states = self.depth_stream(depth_input, output_hidden_states)
+        pooled = self.pooler(last).flatten(1)
+        modality_mask = torch.stack([rgb_present, depth_present], dim=1)
+        output = RgbdCnnModelOutput(
+            last_hidden_state=last,
+            pooler_output=pooled,
+            hidden_states=hidden_states,
+            depth_hidden_states=depth_hidden_states,
+            modality_mask=modality_mask,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # -------------------------------------------------------------------------------------------- inputs
+    def _prepare_inputs(
+        self,
+        pixel_values: torch.Tensor | None,
+        depth_values: torch.Tensor | None,
+        depth_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Check the inputs, drop those `config.modalities` does not use, and build the depth stream's input
+        (B, depth_channels (+1 mask), H, W): depth zeroed at holes, then the mask channel (1 valid, 0 hole)."""
+        config = self.config
+        if config.modalities == "depth":
+            pixel_values = None
+        if config.modalities == "rgb":
+            depth_values = depth_mask = None
+        if config.modalities == "rgb" and pixel_values is None:
+            raise ValueError("`pixel_values` is required: this model has `modalities='rgb'`.")
+        if config.modalities == "depth" and depth_values is None:
+            raise ValueError("`depth_values` is required: this model has `modalities='depth'`.")
+        if pixel_values is None and depth_values is None:
+            raise ValueError("pass `pixel_values`, `depth_values` or both (`modalities='rgbd'`).")
+        if depth_mask is not None and depth_values is None:
+            raise ValueError("`depth_mask` was given without `depth_values`.")
+        if pixel_values is not None:
+            _check_image("pixel_values", pixel_values, config.num_channels, "config.num_channels")
+        if depth_values is None:
+            if config.modalities == "rgbd" and config.modality_dropout[1] == 0:
+                logger.warning_once(
+                    "`depth_values` is None but this model was not configured with depth dropout "
+                    "(`modality_dropout[1] == 0`): predictions without depth may be poor."
+                )
+            return pixel_values, None
+        _check_image("depth_values", depth_values, config.depth_channels, "config.depth_channels")
+        if pixel_values is None and config.modalities == "rgbd" and config.modality_dropout[0] == 0:
+            logger.warning_once(
+                "`pixel_values` is None but this model was not configured with RGB dropout "
+                "(`modality_dropout[0] == 0`): predictions without RGB may be poor."
+            )
+        if pixel_values is not None:
+            if depth_values.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"batch size mismatch: `pixel_values` has {pixel_values.shape[0]} samples, `depth_values` "
+                    f"{depth_values.shape[0]}."
+                )
+            if depth_values.shape[-2:] != pixel_values.shape[-2:]:
+                raise ValueError(
+                    f"`depth_values` is {tuple(depth_values.shape[-2:])} (H, W) but `pixel_values` is "
+                    f"{tuple(pixel_values.shape[-2:])}: RGB and depth must be aligned (use RgbdProcessor)."
+                )
+        if depth_mask is None:
+            depth_mask = torch.isfinite(depth_values).all(dim=1, keepdim=True)
+        else:
+            expected = (depth_values.shape[0], 1, *depth_values.shape[-2:])
+            if not isinstance(depth_mask, torch.Tensor) or tuple(depth_mask.shape) != expected:
+                shape = tuple(depth_mask.shape) if isinstance(depth_mask, torch.Tensor) else type(depth_mask)
+                raise ValueError(f"`depth_mask` must have shape {expected} (batch, 1, height, width), got {shape}.")
+            depth_mask = depth_mask if depth_mask.dtype == torch.bool else depth_mask != 0
+        if self.depth_norm is not None:
+            depth_input = self.depth_norm(depth_values, depth_mask)
+        else:
+            zero = torch.zeros((), dtype=depth_values.dtype, device=depth_values.device)
+            depth_input = torch.where(depth_mask, depth_values, zero)
+        if config.fill_depth_holes:
+            depth_input = fill_depth_holes(depth_input, depth_mask)
+        if config.use_depth_mask:
+            depth_input = torch.cat([depth_input, depth_mask.to(depth_values.dtype)], dim=1)
+        return pixel_values, depth_input
+
+    def _present_modalities(
+        self,
+        batch_size: int,
+        device: torch.device,
+        pixel_values: torch.Tensor | None,
+        depth_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) bool each: which samples use RGB and depth. In training with `modality_dropout`, one uniform draw
+        per sample (from torch's global generator) drops RGB if `u < p_rgb`, depth if `p_rgb <= u < p_rgb + p_depth`
+        (never both); only when both inputs are given."""
+        rgb_present = torch.full((batch_size,), pixel_values is not None, dtype=torch.bool, device=device)
+        depth_present = torch.full((batch_size,), depth_input is not None, dtype=torch.bool, device=device)
+        p_rgb, p_depth = self.config.modality_dropout
+        if self.training and pixel_values is not None and depth_input is not None and p_rgb + p_depth > 0:
+            draw = torch.rand(batch_size, device=device)
+            rgb_present = draw >= p_rgb
+            depth_present = (draw < p_rgb) | (draw >= p_rgb + p_depth)
+        return rgb_present, depth_present
+
+    # -------------------------------------------------------------------------------------------- fusions
+    def _forward_early(
+        self,
+        pixel_values: torch.Tensor | None,
+        depth_input: torch.Tensor | None,
+        rgb_present: torch.Tensor,
+        depth_present: torch.Tensor,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """One stream on `[pixel_values, depth_input]` (B, 3 + depth_channels (+1), H, W); missing parts are 0."""
+        reference = pixel_values if pixel_values is not None else depth_input
+        batch_size, height, width = reference.shape[0], reference.shape[2], reference.shape[3]
+        zero = torch.zeros((), dtype=reference.dtype, device=reference.device)
+        if pixel_values is None:
+            pixel_values = reference.new_zeros(batch_size, self.config.num_channels, height, width)
+        else:
+            pixel_values = torch.where(rgb_present[:, None, None, None], pixel_values, zero)
+        if depth_input is None:
+            depth_input = reference.new_zeros(batch_size, self.config.depth_input_channels, height, width)
+        else:
+            depth_input = torch.where(depth_present[:, None, None, None], depth_input, zero)
+        return self.rgbd_stream(torch.cat([pixel_values, depth_input], dim=1), output_hidden_states)
+
+    def _forward_feature(
+        self,
+        pixel_values: torch.Tensor | None,
+        depth_input: torch.Tensor | None,
+        rgb_present: torch.Tensor,
+        depth_present: torch.Tensor,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Two streams, their last maps (B, C, h, w) joined by `feature_fusion`; a missing stream's map is its
+        learned "missing" embedding broadcast over positions."""
+        rgb_last = rgb_hidden = depth_last = depth_hidden = None
+        if pixel_values is not None:
+            rgb_last, rgb_hidden = self.rgb_stream(pixel_values, output_hidden_states)
+        if depth_input is not None:
+            depth_last, depth_hidden = self.depth_stream(depth_input, output_hidden_states)
+        shape = (rgb_last if rgb_last is not None else depth_last).shape
+        rgb_last = _fill_missing(rgb_last, rgb_present, self.missing_rgb_embedding, shape)
+        depth_last = _fill_missing(depth_last, depth_present, self.missing_depth_embedding, shape)
+        return self.feature_fusion(rgb_last, depth_last), rgb_hidden, depth_hidden
+
+    def _forward_multi_stage(
+        self,
+        pixel_values: torch.Tensor | None,
+        depth_input: torch.Tensor | None,
+        rgb_present: torch.Tensor,
+        depth_present: torch.Tensor,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Two streams fused after the stem and after every stage; the RGB stream carries the fused maps on."""
+        rgb = self.rgb_stream.embedder(pixel_values) if pixel_values is not None else None
+        depth = self.depth_stream.embedder(depth_input) if depth_input is not None else None
+        rgb_mask = None if bool(rgb_present.all()) else rgb_present
+        depth_mask = None if bool(depth_present.all()) else depth_present
+        fused = self.stage_fusions[0](rgb, depth, rgb_mask, depth_mask)
+        hidden_states = (fused,) if output_hidden_states else None
+        depth_hidden_states = (depth,) if output_hidden_states and depth is not None else None
+        stages = zip(
+            self.rgb_stream.encoder.stages, self.depth_stream.encoder.stages, self.stage_fusions[1:], strict=True
+        )
+        for rgb_stage, depth_stage, fusion in stages:
+            rgb = rgb_stage(fused)
+            if depth is not None:
+                depth = depth_stage(depth)
+                if depth_hidden_states is not None:
+                    depth_hidden_states = depth_hidden_states + (depth,)
+            fused = fusion(rgb, depth, None, depth_mask)
+            if hidden_states is not None:
+                hidden_states = hidden_states + (fused,)
+        return fused, hidden_states, depth_hidden_states
+
+
+class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
+    r"""
+    [`RgbdCnnModel`] with a linear classifier on the pooled fused features (scene / object classification).
+    """
+
+    def __init__(self, config: RgbdCnnConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.rgbd_cnn = RgbdCnnModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        if config.num_labels > 0:
+            self.classifier = nn.Linear(config.fused_hidden_size, config.num_labels)
+        else:
+            self.classifier = nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        depth_values: torch.FloatTensor | None = None,
+        depth_mask: torch.BoolTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> RgbdCnnImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values, depth_values, depth_mask, output_hidden_states: as in [`RgbdCnnModel.forward`].
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                class indices in `[0, num_labels)` (-100 = ignored) for the cross-entropy loss
+                (`self.loss_function`; float targets of shape `(batch_size, num_labels)` give the multi-label loss).
+            return_dict (`bool`, *optional*): return a [`RgbdCnnImageClassifierOutput`] instead of a tuple.
+            kwargs: `num_items_in_batch` (passed by `Trainer` under gradient accumulation: the loss is then the sum
+                over this batch divided by it); anything else is ignored.
+
+        Returns:
+            [`RgbdCnnImageClassifierOutput`] (or a tuple of its non-None fields).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.rgbd_cnn(
+            pixel_values=pixel_values,
+            depth_values=depth_values,
+            depth_mask=depth_mask,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.ndim == 0 or labels.shape[0] != logits.shape[0]:
+                shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+                raise ValueError(f"`labels` must have one entry per sample ({logits.shape[0]}), got {shape}.")
+            loss = self.loss_function(
+                labels=labels,
+                pooled_logits=logits,
+                config=self.config,
+                num_items_in_batch=kwargs.get("num_items_in_batch"),
+            )
+        output = RgbdCnnImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            depth_hidden_states=outputs.depth_hidden_states,
+            modality_mask=outputs.modality_mask,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _check_image(name: str, values: Any, channels: int, field: str) -> None:
+    if not isinstance(values, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(values).__name__}.")
+    if values.ndim != 4:
+        raise ValueError(f"`{name}` must have shape (batch, {channels}, height, width), got {tuple(values.shape)}.")
+    if values.shape[1] != channels:
+        raise ValueError(
+            f"`{name}` has {values.shape[1]} channels but {field}={channels} (shape {tuple(values.shape)})."
+        )
+    if not values.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {values.dtype}.")
+
+
+def fill_depth_holes(depth: torch.Tensor, mask: torch.Tensor, levels: int = HOLE_FILL_LEVELS) -> torch.Tensor:
+    """Fill holes with the mean of nearby valid values (push-pull over a pyramid of 2x2 blocks).
+
+    A hole takes the mean of the valid values in the smallest aligned block of 2, 4, ..., `2**levels` pixels around
+    it that holds any; holes with no valid pixel in their `2**levels` block (e.g. a map without valid depth) stay 0.
+    Linear in the number of pixels: a few pooling passes.
+
+    Args:
+        depth: (B, C, H, W) values, any value at holes.
+        mask: (B, 1, H, W) bool, True where `depth` is valid.
+        levels: pyramid levels (block sizes up to `2**levels` pixels).
+
+    Returns:
+        (B, C, H, W): `depth` at valid pixels (exactly), filled values at holes.
+    """
+    zero = torch.zeros((), dtype=depth.dtype, device=depth.device)
+    sums = [torch.where(mask, depth, zero)]  # per level: mean over the block of value * validity
+    weights = [mask.to(depth.dtype)]  # per level: fraction of valid pixels in the block
+    for _ in range(levels):
+        sums.append(nn.functional.avg_pool2d(sums[-1], 2, stride=2, ceil_mode=True))
+        weights.append(nn.functional.avg_pool2d(weights[-1], 2, stride=2, ceil_mode=True))
+    estimate = torch.where(weights[-1] > 0, sums[-1] / weights[-1].clamp_min(1e-12), zero)
+    for level in range(levels - 1, -1, -1):
+        coarser = nn.functional.interpolate(estimate, size=sums[level].shape[-2:], mode="nearest")
+        here = sums[level] / weights[level].clamp_min(1e-12)
+        estimate = torch.where(weights[level] > 0, here, coarser)
+    return torch.where(mask, depth, estimate)
+
+
+def _fill_missing(
+    values: torch.Tensor | None, present: torch.Tensor, embedding: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    """`values` (B, C, h, w) with absent samples replaced by `embedding` (C,) at every position."""
+    filler = embedding[None, :, None, None]
+    if values is None:
+        return filler.expand(shape)
+    if bool(present.all()):
+        return values
+    return torch.where(present[:, None, None, None], values, filler.to(values.dtype))
+
+
+__all__ = [
+    "RgbdCnnForImageClassification",
+    "RgbdCnnImageClassifierOutput",
+    "RgbdCnnModel",
+    "RgbdCnnModelOutput",
+    "RgbdCnnPreTrainedModel",
+]
