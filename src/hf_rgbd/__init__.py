@@ -3,6 +3,7 @@
 Importing the package registers its configurations, processors and models with the transformers Auto classes.
 """
 
+from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, AdversarialTrainer, RgbdAttack, evaluate_robustness
 from .modeling import (
     RgbdClipConfig,
     RgbdClipForImageClassification,
@@ -26,6 +27,16 @@ __version__ = "0.1.0.dev0"
 register_auto_classes()
 
 __all__ = [
+    "APGD",
+    "BIM",
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "PGDL2",
+    "RFGSM",
+    "AdversarialTrainer",
+    "RgbdAttack",
+    "evaluate_robustness",
     "RgbdClipConfig",
     "RgbdClipForImageClassification",
     "RgbdClipModel",

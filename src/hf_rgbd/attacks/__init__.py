@@ -1,1 +1,38 @@
-"""hf_rgbd.attacks."""
+"""hf_rgbd.attacks: adversarial attacks on RGB-D models through the Hugging Face forward API, with a budget per
+modality in physical units, robustness evaluation and adversarial training."""
+
+from .adversarial_training import AdversarialTrainer
+from .apgd import APGD
+from .base import DEFAULT_BUDGET, PERTURBABLE_INPUTS, AttackResult, RgbdAttack
+from .gradient_attacks import BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM
+from .objectives import (
+    AttackObjective,
+    ClassificationObjective,
+    RetrievalObjective,
+    cross_entropy_loss,
+    dlr_loss,
+    margin_loss,
+)
+from .robustness import evaluate_robustness
+
+__all__ = [
+    "APGD",
+    "BIM",
+    "DEFAULT_BUDGET",
+    "FGSM",
+    "MIFGSM",
+    "PERTURBABLE_INPUTS",
+    "PGD",
+    "PGDL2",
+    "RFGSM",
+    "AdversarialTrainer",
+    "AttackObjective",
+    "AttackResult",
+    "ClassificationObjective",
+    "RetrievalObjective",
+    "RgbdAttack",
+    "cross_entropy_loss",
+    "dlr_loss",
+    "evaluate_robustness",
+    "margin_loss",
+]

@@ -1,0 +1,220 @@
+"""Sign-gradient and L2 attacks: FGSM, R+FGSM, BIM, PGD (L-inf), PGD L2 and MI-FGSM.
+
+Each class only defines its update rule; budgets, physical units, projection, objectives, tracking and restarts
+come from [`RgbdAttack`]. Update order mirrors torchattacks (step, clip the perturbation to the budget, clip the
+values to the valid range), so that the L-inf attacks agree with it bit for bit on the same model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import AttackRun, RgbdAttack
+from .objectives import AttackObjective, LossFunction
+
+
+class FGSM(RgbdAttack):
+    r"""
+    Fast gradient sign method (Goodfellow et al., 2015): `x' = clip(x + budget * sign(grad))`, one forward and one
+    backward. See [`RgbdAttack`] for the arguments (no `alpha`, `steps`, `random_start` or `n_restarts`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        budget: dict[str, float] | None = None,
+        loss: str | LossFunction | AttackObjective = "ce",
+        targeted: bool = False,
+        processor: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            model, budget, steps=1, random_start=False, loss=loss, targeted=targeted, processor=processor, seed=seed
+        )
+
+    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+        x = run.clean()
+        _, grads = run.evaluate(x)
+        # The full budget step cannot leave the budget: only the valid range is clipped (as torchattacks does).
+        return run.clip({name: x[name] + run.modalities[name].eps * grads[name].sign() for name in x})
+
+
+class RFGSM(RgbdAttack):
+    r"""
+    R+FGSM (Tramèr et al., 2018): a random sign step of size `alpha`, then a gradient sign step of size
+    `budget - alpha` from there: `x~ = P(x + alpha * sign(N(0, I)))`, `x' = P(x~ + (budget - alpha) * sign(grad(x~)))`.
+    One forward and one backward. `alpha` defaults to budget / 2 (the paper's 8/255 for 16/255) and must not
+    exceed the budget. torchattacks' `RFGSM` is an iterative variant since 2022, not this algorithm.
+    """
+
+    alpha_fraction = 0.5
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        budget: dict[str, float] | None = None,
+        alpha: dict[str, float] | None = None,
+        loss: str | LossFunction | AttackObjective = "ce",
+        targeted: bool = False,
+        processor: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            model, budget, alpha, steps=1, random_start=True, loss=loss, targeted=targeted, processor=processor,
+            seed=seed,
+        )  # fmt: skip
+        too_large = {name: step for name, step in self.alpha.items() if step > self.budget[name]}
+        if too_large:
+            raise ValueError(f"`alpha` {too_large} exceeds `budget` {self.budget}: R+FGSM needs alpha <= budget.")
+
+    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+        x = run.clean()
+        direction = run.random_sign()
+        x = run.project_linf({name: x[name] + self.alpha[name] * direction[name] for name in x})
+        _, grads = run.evaluate(x)
+        return run.project_linf(
+            {name: x[name] + (self.budget[name] - self.alpha[name]) * grads[name].sign() for name in x}
+        )
+
+
+class PGD(RgbdAttack):
+    r"""
+    Projected gradient descent, L-inf (Madry et al., 2018): from a uniformly random start in the budget box (with
+    `random_start`), `steps` iterations of `x <- P(x + alpha * sign(grad))`. Each step is one forward and one
+    input-gradient backward. See [`RgbdAttack`] for the arguments.
+
+    ```python
+    attack = PGD(model, budget={"pixel_values": 8 / 255, "depth_values": 0.05}, steps=10, processor=processor)
+    adversarial = attack(batch, labels)  # same type and keys as `batch`
+    ```
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        budget: dict[str, float] | None = None,
+        alpha: dict[str, float] | None = None,
+        steps: int = 10,
+        random_start: bool = True,
+        n_restarts: int = 1,
+        loss: str | LossFunction | AttackObjective = "ce",
+        targeted: bool = False,
+        processor: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, budget, alpha, steps, random_start, n_restarts, loss, targeted, processor, seed)
+        self._check_steps()
+
+    def _check_steps(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"`steps` must be >= 1, got {self.steps}.")
+
+    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+        x = run.random_linf() if self.random_start else run.clean()
+        for _ in range(self.steps):
+            _, grads = run.evaluate(x)
+            x = run.project_linf({name: x[name] + self.alpha[name] * grads[name].sign() for name in x})
+        return x
+
+
+class BIM(PGD):
+    r"""
+    Basic iterative method / I-FGSM (Kurakin et al., 2017): PGD L-inf without random start (hence deterministic,
+    no restarts). With `steps=0` the number of steps follows Kurakin's rule `int(min(eps * 255 + 4, 1.25 * eps *
+    255))` with the RGB budget `eps` (which `budget` must then name).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        budget: dict[str, float] | None = None,
+        alpha: dict[str, float] | None = None,
+        steps: int = 10,
+        loss: str | LossFunction | AttackObjective = "ce",
+        targeted: bool = False,
+        processor: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            model, budget, alpha, steps=steps, random_start=False, loss=loss, targeted=targeted, processor=processor,
+            seed=seed,
+        )  # fmt: skip
+
+    def _check_steps(self) -> None:
+        if self.steps == 0:
+            if "pixel_values" not in self.budget:
+                raise ValueError("`steps=0` (Kurakin's rule) needs an RGB budget; give `steps` explicitly.")
+            eps = self.budget["pixel_values"]
+            self.steps = max(int(min(eps * 255 + 4, 1.25 * eps * 255)), 1)
+
+
+class PGDL2(PGD):
+    r"""
+    Projected gradient descent in L2, per input: `x <- P(x + alpha * g / ||g||_2)` where the norm runs over each
+    sample's (C, H, W) values of one input, and P scales each input's perturbation back to `||delta||_2 <= budget`
+    before clipping to the valid range. Budgets are L2 norms in physical units (default 1.0 for RGB intensity and
+    1.0 metre for depth), the random start is a Gaussian direction with a radius uniform in [0, budget].
+    """
+
+    default_budget = {"pixel_values": 1.0, "depth_values": 1.0}
+
+    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+        x = run.random_l2() if self.random_start else run.clean()
+        for _ in range(self.steps):
+            _, grads = run.evaluate(x)
+            candidate = {}
+            for name, grad in grads.items():
+                norm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-10
+                candidate[name] = x[name] + self.alpha[name] * grad / norm
+            x = run.project_l2(candidate)
+        return x
+
+
+class MIFGSM(RgbdAttack):
+    r"""
+    Momentum iterative FGSM (Dong et al., 2018): `m <- decay * m + g / mean(|g|)`, `x <- P(x + alpha * sign(m))`,
+    no random start (deterministic, no restarts).
+
+    The gradient is normalised by its mean absolute value over (C, H, W) per sample, as torchattacks does (the
+    paper's L1 norm differs by a constant factor per sample, which sign() ignores). With two perturbed inputs the
+    normalisation is **per input**: RGB and depth gradients have unrelated scales in physical units, and a joint
+    normaliser would let the larger one set how fast the other's momentum forgets. Per input, each modality's
+    momentum evolves exactly as in single-modality MI-FGSM.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        budget: dict[str, float] | None = None,
+        alpha: dict[str, float] | None = None,
+        steps: int = 10,
+        decay: float = 1.0,
+        loss: str | LossFunction | AttackObjective = "ce",
+        targeted: bool = False,
+        processor: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            model, budget, alpha, steps=steps, random_start=False, loss=loss, targeted=targeted, processor=processor,
+            seed=seed,
+        )  # fmt: skip
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+            raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
+        self.decay = float(decay)
+
+    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+        x = run.clean()
+        momentum = {name: torch.zeros_like(value) for name, value in x.items()}
+        for _ in range(self.steps):
+            _, grads = run.evaluate(x)
+            for name, grad in grads.items():
+                scale = torch.mean(torch.abs(grad), dim=(1, 2, 3), keepdim=True)
+                scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a zero gradient stays zero
+                momentum[name] = grad / scale + momentum[name] * self.decay
+            x = run.project_linf({name: x[name] + self.alpha[name] * momentum[name].sign() for name in x})
+        return x
+
+
+__all__ = ["BIM", "FGSM", "MIFGSM", "PGD", "PGDL2", "RFGSM"]

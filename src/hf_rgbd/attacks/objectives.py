@@ -1,0 +1,238 @@
+"""Attack objectives: what an attack maximises (untargeted) or minimises (targeted), per sample.
+
+An objective turns a model's outputs into a per-sample loss and a per-sample success flag, and says which extra
+keyword arguments the forward pass needs. Classification attacks use [`ClassificationObjective`] (`"ce"`,
+`"margin"`, `"dlr"` or a callable); RGB -> depth retrieval on [`RgbdClipModel`] uses [`RetrievalObjective`] (ITC).
+
+Adding an objective for a matching (ITM) head is a small addition: the head's output is a classifier over
+{not matched, matched}, so `ClassificationObjective(loss="ce", logits_key="itm_logits")` with labels 1 (matched)
+already pushes matched pairs to "not matched"; a subclass only needs to fill in default labels and any extra
+forward arguments through `model_kwargs()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("ce", "margin", "dlr")
+
+LossFunction = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy. `logits` (B, K), `labels` (B,) long -> (B,)."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CW-Linf margin `max_{j != y} z_j - z_y` (positive once misclassified). `logits` (B, K), `labels` (B,) -> (B,).
+
+    The true class is masked with -inf (not multiplied by a one-hot), so it can never win the max.
+    """
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return others.amax(dim=1) - true_logit
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein, 2020), per sample. `logits` (B, K), `labels` (B,) -> (B,).
+
+    Untargeted (`labels` = true classes, ascended): `-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`, with
+    z_pi1 >= z_pi2 >= ... the sorted logits; needs K >= 3.
+
+    Targeted (`labels` = targets, descended by the attack): `(max_{j != t} z_j - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2
+    + 1e-12)`; needs K >= 4. The paper's targeted numerator uses the true class in place of the best non-target
+    class; an attack here only receives the targets, and the best non-target class is what must be overtaken.
+    """
+    num_classes = logits.shape[1]
+    needed = 4 if targeted else 3
+    if num_classes < needed:
+        raise ValueError(
+            f'`loss="dlr"` needs at least {needed} classes{" for targeted attacks" if targeted else ""}, the model '
+            f"has {num_classes}."
+        )
+    sorted_logits = logits.sort(dim=1, descending=True).values
+    margin = margin_loss(logits, labels)  # max_{j != y} z_j - z_y
+    if targeted:
+        return margin / (sorted_logits[:, 0] - 0.5 * (sorted_logits[:, 2] + sorted_logits[:, 3]) + 1e-12)
+    return margin / (sorted_logits[:, 0] - sorted_logits[:, 2] + 1e-12)
+
+
+def _output_field(outputs: Any, key: str) -> torch.Tensor:
+    """`outputs.<key>` of a ModelOutput / dict, or the first element of a tuple."""
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0]
+    value = outputs[key] if isinstance(outputs, dict) else getattr(outputs, key, None)
+    if value is None:
+        raise ValueError(f"the model's outputs have no `{key}`; pick an objective that matches the model's head.")
+    return value
+
+
+class AttackObjective:
+    """Base class of attack objectives.
+
+    Subclasses define `loss` (per-sample, (B,), what an untargeted attack ascends and a targeted one descends) and
+    `success` ((B,) bool). `model_kwargs` adds keyword arguments to the forward call; `couples_samples` tells the
+    attack whether one sample's score depends on other samples' perturbations (then the best iterate is chosen for
+    the whole batch, never mixed across samples).
+    """
+
+    def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
+        """Validate the objective against the model before any forward pass (default: nothing to check)."""
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of the forward call."""
+        return {}
+
+    def prepare_labels(self, labels: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Validate `labels` (B,) and move them to `device`."""
+        if labels is None:
+            raise ValueError("`labels` are required: pass them to the attack or as `labels` in the inputs.")
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or labels.shape[0] != batch_size or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(
+                f"`labels` must be an integer tensor of shape ({batch_size},), got {labels.dtype} "
+                f"{tuple(labels.shape)}."
+            )
+        labels = labels.to(device=device, dtype=torch.long)
+        return labels.clone() if labels.is_inference() else labels
+
+    def couples_samples(self, perturbed: set[str]) -> bool:
+        """Whether a sample's loss depends on other samples' perturbed inputs (default: no)."""
+        return False
+
+    def loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def success(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClassificationObjective(AttackObjective):
+    """Objective on a classifier's logits.
+
+    Args:
+        loss (`str` or callable, defaults to `"ce"`): `"ce"` (cross-entropy), `"margin"` (CW-Linf), `"dlr"`, or a
+            callable `(outputs, labels) -> (B,)` per-sample loss on the model's outputs.
+        targeted (`bool`, defaults to False): whether `labels` are targets (selects the targeted DLR).
+        logits_key (`str`, defaults to `"logits"`): output field holding the (B, K) logits (e.g. `"itm_logits"`
+            for a matching head).
+
+    Success: prediction != label (untargeted) or prediction == target (targeted).
+    """
+
+    def __init__(self, loss: str | LossFunction = "ce", targeted: bool = False, logits_key: str = "logits") -> None:
+        if not callable(loss) and loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES} or a callable (outputs, labels) -> loss, got {loss!r}.")
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        self._loss = loss
+        self.targeted = bool(targeted)
+        self.logits_key = logits_key
+
+    def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        needed = 4 if targeted else 3
+        if self._loss == "dlr" and isinstance(num_labels, int) and 0 < num_labels < needed:
+            raise ValueError(
+                f'`loss="dlr"` needs at least {needed} classes{" for targeted attacks" if targeted else ""}, the model '
+                f"has {num_labels}."
+            )
+
+    def logits(self, outputs: Any) -> torch.Tensor:
+        return _output_field(outputs, self.logits_key)
+
+    def loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        if callable(self._loss):
+            values = self._loss(outputs, labels)
+            if not isinstance(values, torch.Tensor) or values.shape != labels.shape:
+                raise ValueError(
+                    f"a callable `loss` must return one value per sample, shape {tuple(labels.shape)}, got "
+                    f"{getattr(values, 'shape', type(values))}."
+                )
+            return values
+        logits = self.logits(outputs)
+        if self._loss == "ce":
+            return cross_entropy_loss(logits, labels)
+        if self._loss == "margin":
+            return margin_loss(logits, labels)
+        return dlr_loss(logits, labels, targeted=self.targeted)
+
+    def success(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+        prediction = self.logits(outputs).argmax(dim=1)
+        return prediction == labels if targeted else prediction != labels
+
+
+class RetrievalObjective(AttackObjective):
+    """ITC objective for a dual encoder ([`RgbdClipModel`]): break RGB -> depth retrieval within the batch.
+
+    Query i (an RGB image) should retrieve gallery item `labels[i]` (default: its own depth map, `i`) from the
+    batch's depth maps through the similarity row `logits_per_rgb[i]` (B, B). The attack succeeds on query i once
+    the matched pair's similarity falls below a mismatched one (the matched item is no longer the row's argmax).
+
+    Args:
+        loss (`str`, defaults to `"ce"`): `"ce"` (cross-entropy of the similarity row, the per-sample ITC term) or
+            `"margin"` (`max_{j != i} s_ij - s_ii`, positive once retrieval is broken).
+        direction (`str`, defaults to `"rgb_to_depth"`): `"rgb_to_depth"` (rows of `logits_per_rgb`) or
+            `"depth_to_rgb"` (rows of `logits_per_depth`).
+
+    Perturbing the gallery modality (depth for `"rgb_to_depth"`) couples the samples: every query's row depends on
+    every perturbed gallery item, so the attack keeps whole-batch iterates.
+    """
+
+    def __init__(self, loss: str = "ce", direction: str = "rgb_to_depth") -> None:
+        if loss not in ("ce", "margin"):
+            raise ValueError(f'`loss` of a RetrievalObjective must be "ce" or "margin", got {loss!r}.')
+        if direction not in ("rgb_to_depth", "depth_to_rgb"):
+            raise ValueError(f'`direction` must be "rgb_to_depth" or "depth_to_rgb", got {direction!r}.')
+        self.loss_name = loss
+        self.direction = direction
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"return_loss": False}
+
+    def prepare_labels(self, labels: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+        if labels is None:
+            return torch.arange(batch_size, device=device)
+        labels = super().prepare_labels(labels, batch_size, device)
+        if bool(((labels < 0) | (labels >= batch_size)).any()):
+            raise ValueError(f"`labels` of a retrieval attack are gallery indices in [0, {batch_size}).")
+        return labels
+
+    def couples_samples(self, perturbed: set[str]) -> bool:
+        gallery = "depth_values" if self.direction == "rgb_to_depth" else "pixel_values"
+        return gallery in perturbed
+
+    def similarities(self, outputs: Any) -> torch.Tensor:
+        key = "logits_per_rgb" if self.direction == "rgb_to_depth" else "logits_per_depth"
+        return _output_field(outputs, key)
+
+    def loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        scores = self.similarities(outputs)
+        return cross_entropy_loss(scores, labels) if self.loss_name == "ce" else margin_loss(scores, labels)
+
+    def success(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+        retrieved = self.similarities(outputs).argmax(dim=1)
+        return retrieved == labels if targeted else retrieved != labels
+
+
+def make_objective(loss: str | LossFunction | AttackObjective, targeted: bool) -> AttackObjective:
+    """An [`AttackObjective`] from an attack's `loss` argument."""
+    if isinstance(loss, AttackObjective):
+        return loss
+    return ClassificationObjective(loss, targeted=targeted)
+
+
+__all__ = [
+    "LOSSES",
+    "AttackObjective",
+    "ClassificationObjective",
+    "RetrievalObjective",
+    "cross_entropy_loss",
+    "dlr_loss",
+    "make_objective",
+    "margin_loss",
+]
