@@ -62,7 +62,8 @@ def main() -> None:
     candidate = RgbdVitModel._from_config(
         RgbdVitConfig(modality="rgb", **size, layer_norm_eps=1e-12), attn_implementation="sdpa"
     ).train()
-    assert reference.config._attn_implementation == candidate.config._attn_implementation == "sdpa"
+    if not reference.config._attn_implementation == candidate.config._attn_implementation == "sdpa":
+        raise RuntimeError("both models must run sdpa attention for this comparison.")
     n_ref = sum(p.numel() for p in reference.parameters())
     n_cand = sum(p.numel() for p in candidate.parameters())
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size)

@@ -1,0 +1,38 @@
+"""The `hf-rgbd` command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_rgbd.cli import main
+from hf_rgbd.processors import REPRESENTATIONS
+
+
+def test_demo_processes_every_representation(capsys):
+    assert main(["demo", "--num-pairs", "2", "--probe-epochs", "0"]) == 0
+    out = capsys.readouterr().out
+    for representation in REPRESENTATIONS:
+        assert f"\n{representation} " in out
+    assert "Fusion probe" not in out
+
+
+def test_demo_runs_the_fusion_probe(capsys, monkeypatch):
+    import hf_rgbd.data
+    import hf_rgbd.evaluation
+
+    small = hf_rgbd.data.make_synthetic_rgbd
+
+    def tiny_synthetic(seed=0, **kwargs):
+        return small(num_train=16, num_validation=8, num_test=8, image_size=32, seed=seed)
+
+    monkeypatch.setattr(hf_rgbd.data, "make_synthetic_rgbd", tiny_synthetic)
+    assert main(["demo", "--num-pairs", "2", "--probe-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    for label in ("RGB only", "depth only", "RGB + depth"):
+        assert label in out
+    assert out.count("test accuracy") == 3
+
+
+def test_unknown_command_exits():
+    with pytest.raises(SystemExit):
+        main(["nope"])
