@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = dict(PRESETS[args.preset], image_size=args.image_size, patch_size=args.patch_size)
-    reference = ViTModel(
+    reference = ViTModel._from_config(
         ViTConfig(**size, layer_norm_eps=1e-12), add_pooling_layer=False, attn_implementation="sdpa"
     ).train()
     candidate = RgbdVitModel._from_config(
