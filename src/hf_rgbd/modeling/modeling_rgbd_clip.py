@@ -37,8 +37,26 @@ LOGIT_SCALE_MAX = math.log(100.0)
 
 
 # -------------------------------------------------------------------------------------------------------- outputs
+class _TwoTowerOutputMixin:
+    """`to_tuple` and the `hidden_states` / `attentions` views shared by the dual-encoder outputs, which keep each
+    tower's full output in `rgb_model_output` / `depth_model_output`."""
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+    @property
+    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        """Hidden states of the RGB tower followed by those of the depth tower (each `num_layers + 1`), or None."""
+        return _concat_tower_field(self.rgb_model_output, self.depth_model_output, "hidden_states")
+
+    @property
+    def attentions(self) -> tuple[torch.Tensor, ...] | None:
+        """Attention weights of the RGB tower's layers followed by the depth tower's, or None."""
+        return _concat_tower_field(self.rgb_model_output, self.depth_model_output, "attentions")
+
+
 @dataclass
-class RgbdClipOutput(ModelOutput):
+class RgbdClipOutput(_TwoTowerOutputMixin, ModelOutput):
     r"""Output of [`RgbdClipModel`].
 
     Args:
@@ -59,19 +77,6 @@ class RgbdClipOutput(ModelOutput):
     rgb_model_output: BaseModelOutputWithPooling | None = None
     depth_model_output: BaseModelOutputWithPooling | None = None
 
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-    @property
-    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
-        """Hidden states of the RGB tower followed by those of the depth tower (each `num_layers + 1`), or None."""
-        return _concat_tower_field(self.rgb_model_output, self.depth_model_output, "hidden_states")
-
-    @property
-    def attentions(self) -> tuple[torch.Tensor, ...] | None:
-        """Attention weights of the RGB tower's layers followed by the depth tower's, or None."""
-        return _concat_tower_field(self.rgb_model_output, self.depth_model_output, "attentions")
-
 
 def _concat_tower_field(
     rgb_output: BaseModelOutputWithPooling | None, depth_output: BaseModelOutputWithPooling | None, name: str
@@ -82,7 +87,7 @@ def _concat_tower_field(
 
 
 @dataclass
-class RgbdClipImageClassifierOutput(ModelOutput):
+class RgbdClipImageClassifierOutput(_TwoTowerOutputMixin, ModelOutput):
     r"""Output of [`RgbdClipForImageClassification`].
 
     Args:
@@ -103,19 +108,6 @@ class RgbdClipImageClassifierOutput(ModelOutput):
     fused_embeds: torch.Tensor | None = None
     rgb_model_output: BaseModelOutputWithPooling | None = None
     depth_model_output: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-    @property
-    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
-        """Hidden states of the RGB tower followed by those of the depth tower (each `num_layers + 1`), or None."""
-        return _concat_tower_field(self.rgb_model_output, self.depth_model_output, "hidden_states")
-
-    @property
-    def attentions(self) -> tuple[torch.Tensor, ...] | None:
-        """Attention weights of the RGB tower's layers followed by the depth tower's, or None."""
-        return _concat_tower_field(self.rgb_model_output, self.depth_model_output, "attentions")
 
 
 def rgbd_contrastive_loss(logits_per_rgb: torch.Tensor) -> torch.Tensor:
