@@ -70,16 +70,31 @@ class TestRgbdClipCommon(RgbdModelTestMixin):
         return [(batch_size, HEADS, TOKENS, TOKENS)] * (LAYERS * len(config.active_modalities))
 
 
+CONV_STEM = {"patch_embedding_type": "conv_stem"}
+
+
+class TestRgbdClipConvStemCommon(TestRgbdClipCommon):
+    """The same common tests with convolutional patch stems in both towers (batch norm: in training, a sample's
+    output depends on the rest of its batch, so the gradient-accumulation loss matches only per micro-batch)."""
+
+    loss_independent_of_batch_composition = False
+
+    def get_config(self, **overrides) -> RgbdClipConfig:
+        return tiny_config(rgb_config=CONV_STEM, depth_config=CONV_STEM, **overrides)
+
+
 def run(model, **inputs):
     with torch.no_grad():
         return model(**inputs)
 
 
 # ----------------------------------------------------------------------------------------------- depth holes
+@pytest.mark.parametrize("patch_embedding_type", ["linear", "conv_stem"])
 @pytest.mark.parametrize("mask_missing", [True, False])
-def test_depth_under_holes_changes_nothing(mask_missing):
+def test_depth_under_holes_changes_nothing(mask_missing, patch_embedding_type):
     torch.manual_seed(0)
-    model = RgbdClipModel(tiny_config(depth_config={"mask_missing_depth_patches": mask_missing})).eval()
+    depth_config = {"mask_missing_depth_patches": mask_missing, "patch_embedding_type": patch_embedding_type}
+    model = RgbdClipModel(tiny_config(depth_config=depth_config)).eval()
     inputs = make_inputs(3)
     reference = run(model, **inputs, output_hidden_states=True)
     changed = dict(inputs)
@@ -184,6 +199,29 @@ def test_output_attentions_with_sdpa_falls_back_to_eager():
     out = run(model, **make_inputs(2), output_attentions=True)
     assert len(out.attentions) == 2 * LAYERS and out.attentions[0].shape == (2, HEADS, TOKENS, TOKENS)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, HEADS, TOKENS))
+
+
+def test_conv_stem_structure_and_validation():
+    from hf_rgbd.modeling import RgbdConvStem, RgbdVitConfig, RgbdVitModel
+
+    config = RgbdVitConfig.tiny("depth", patch_embedding_type="conv_stem", patch_size=8)
+    torch.manual_seed(0)
+    tower = RgbdVitModel(config).eval()
+    stem = tower.embeddings.patch_embeddings.projection
+    assert isinstance(stem, RgbdConvStem)
+    assert [conv.out_channels for conv in stem.convolutions] == [8, 16, 32]  # log2(8) stride-2 layers up to hidden
+    assert [conv.stride for conv in stem.convolutions] == [(2, 2)] * 3 and len(stem.normalizations) == 2
+    assert stem.convolutions[0].in_channels == 1
+    # torch's default convolution initialisation (not the 0.02 normal of the linear layers)
+    bound = 1 / math.sqrt(stem.convolutions[1].weight[0].numel())
+    assert stem.convolutions[1].weight.abs().max() <= bound and stem.convolutions[1].weight.std() > 0.5 * bound / 2
+    out = tower(depth_values=torch.rand(2, 1, 32, 32), depth_mask=torch.ones(2, 1, 32, 32, dtype=torch.bool))
+    assert out.last_hidden_state.shape == (2, 1 + 16, 32)
+    for bad in ({"patch_size": 6}, {"patch_size": (8, 16)}):
+        with pytest.raises(ValueError, match="conv_stem"):
+            RgbdVitConfig.tiny(patch_embedding_type="conv_stem", **bad)
+    with pytest.raises(ValueError, match="patch_embedding_type"):
+        RgbdVitConfig.tiny(patch_embedding_type="overlapping")
 
 
 # ----------------------------------------------------------------------------------------------- sizes
@@ -448,6 +486,8 @@ def test_from_vision_pretrained_overrides_hha_and_image_size(tmp_path):
     assert out.rgb_embeds.shape == (2, 8) and torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="model_type"):
         RgbdClipModel.from_vision_pretrained(str(_save_bert_like(tmp_path / "other")))
+    with pytest.raises(ValueError, match="depth_config.*linear"):
+        RgbdClipModel.from_vision_pretrained(str(tmp_path), depth_config={"patch_embedding_type": "conv_stem"})
 
 
 def _save_bert_like(folder):

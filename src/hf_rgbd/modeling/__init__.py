@@ -20,6 +20,7 @@ from .modeling_rgbd_cnn import (
     RgbdCnnPreTrainedModel,
 )
 from .modeling_rgbd_vit import (
+    RgbdConvStem,
     RgbdPatchEmbeddings,
     RgbdVitAttention,
     RgbdVitEmbeddings,
@@ -37,6 +38,7 @@ __all__ = [
     "RgbdClipModel",
     "RgbdClipOutput",
     "RgbdClipPreTrainedModel",
+    "RgbdConvStem",
     "RgbdPatchEmbeddings",
     "RgbdVitAttention",
     "RgbdVitConfig",

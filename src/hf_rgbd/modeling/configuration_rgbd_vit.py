@@ -8,6 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 RGBD_TOWER_MODALITIES: tuple[str, ...] = ("rgb", "depth")
+PATCH_EMBEDDING_TYPES: tuple[str, ...] = ("linear", "conv_stem")
 
 
 def _as_pair(value: int | list[int] | tuple[int, ...], name: str) -> tuple[int, int]:
@@ -53,6 +54,12 @@ class RgbdVitConfig(PreTrainedConfig):
         mask_missing_depth_patches (`bool`, defaults to `True`): depth only. A patch without any valid depth pixel
             is always replaced by the learned `missing_depth_embedding`; with this flag it is also removed from the
             attention keys, so it cannot influence any other token (it still has its own output row).
+        patch_embedding_type (`str`, defaults to `"linear"`): how patches become tokens. `"linear"`: one
+            `patch_size` x `patch_size` stride-`patch_size` projection (ViT / CLIP; what pretrained checkpoints hold).
+            `"conv_stem"`: log2(`patch_size`) 3x3 stride-2 convolutions, widths doubling up to `hidden_size`, with
+            batch norm and `hidden_act` between them (Xiao et al., 2021, "Early convolutions help transformers see
+            better"): far more sample-efficient when training from scratch on little data. Needs a square
+            power-of-two `patch_size`. Its batch norm makes training-mode outputs depend on the batch.
         position_embedding_init (`str`, defaults to `"random"`): initialisation of the (always learned) position
             embeddings: `"random"` (truncated normal, as ViT) or `"sincos"` (2-D sine-cosine table, as MAE; the same
             table in every tower, which helps towers trained from scratch on little data to agree on positions).
@@ -78,6 +85,7 @@ class RgbdVitConfig(PreTrainedConfig):
     use_pre_layernorm: bool = False
     mask_missing_depth_patches: bool = True
     position_embedding_init: str = "random"
+    patch_embedding_type: str = "linear"
 
     def __post_init__(self, **kwargs):
         if self.modality not in RGBD_TOWER_MODALITIES:
@@ -85,6 +93,10 @@ class RgbdVitConfig(PreTrainedConfig):
         if self.position_embedding_init not in ("random", "sincos"):
             raise ValueError(
                 f"`position_embedding_init` must be 'random' or 'sincos', got {self.position_embedding_init!r}."
+            )
+        if self.patch_embedding_type not in PATCH_EMBEDDING_TYPES:
+            raise ValueError(
+                f"`patch_embedding_type` must be one of {PATCH_EMBEDDING_TYPES}, got {self.patch_embedding_type!r}."
             )
         if self.num_channels is None:
             self.num_channels = 3 if self.modality == "rgb" else 1
@@ -103,6 +115,13 @@ class RgbdVitConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
         image_size = _as_pair(self.image_size, "image_size")
         patch_size = _as_pair(self.patch_size, "patch_size")
+        if self.patch_embedding_type == "conv_stem":
+            side = patch_size[0]
+            if patch_size[0] != patch_size[1] or side < 2 or side & (side - 1):
+                raise ValueError(
+                    f"`patch_embedding_type='conv_stem'` needs a square power-of-two `patch_size` >= 2, got "
+                    f"{self.patch_size!r}."
+                )
         if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
             raise ValueError(f"`image_size` {self.image_size} must be a multiple of `patch_size` {self.patch_size}.")
         super().__post_init__(**kwargs)
@@ -161,4 +180,4 @@ class RgbdVitConfig(PreTrainedConfig):
         return cls(modality=modality, **defaults)
 
 
-__all__ = ["RGBD_TOWER_MODALITIES", "RgbdVitConfig"]
+__all__ = ["PATCH_EMBEDDING_TYPES", "RGBD_TOWER_MODALITIES", "RgbdVitConfig"]

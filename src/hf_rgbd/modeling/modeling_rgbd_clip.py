@@ -361,6 +361,12 @@ class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
             depth_config={"num_channels": 1, **tower_kwargs, **depth_overrides, "modality": "depth"},
             **config_overrides,
         )
+        for name, tower_config in (("rgb_config", config.rgb_config), ("depth_config", config.depth_config)):
+            if tower_config.patch_embedding_type != "linear":
+                raise ValueError(
+                    f"`{name}` asks for patch_embedding_type={tower_config.patch_embedding_type!r}, but ViT / CLIP "
+                    "checkpoints hold a linear patch projection; keep 'linear' with from_vision_pretrained."
+                )
         model = cls(config)
 
         source_model = AutoModel.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)

@@ -3,7 +3,8 @@
 The blocks are written to be reused by every transformer family (dual encoder, fusion encoder, mixture of
 modality experts):
 
-* [`RgbdPatchEmbeddings`]: non-overlapping patches -> tokens, with explicit size / channel checks.
+* [`RgbdPatchEmbeddings`]: patches -> tokens, with explicit size / channel checks: a linear patch projection (as
+  ViT / CLIP checkpoints), or [`RgbdConvStem`] (`patch_embedding_type="conv_stem"`) for training from scratch.
 * [`RgbdVitEmbeddings`]: one modality stream: patches + [CLS] + learned position embeddings + a learned
   modality-type embedding. For depth it also implements the hole handling described below.
 * [`RgbdVitAttention`]: multi-head attention through the transformers attention interface (sdpa by default,
@@ -29,6 +30,7 @@ it and load with `trust_remote_code=True` where hf_rgbd is not installed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +53,37 @@ logger = logging.get_logger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------- embeddings
+class RgbdStemConvolution(nn.Conv2d):
+    """A 3x3 stride-2 convolution of [`RgbdConvStem`] (its own class so that `_init_weights` can give it torch's
+    default convolution initialisation instead of the transformer's 0.02 normal)."""
+
+
+class RgbdConvStem(nn.Module):
+    """Convolutional patch embedding: log2(patch) 3x3 stride-2 convolutions (widths doubling up to `hidden_size`),
+    batch norm and `hidden_act` after all but the last. `(B, C, H, W)` -> `(B, hidden_size, H / patch, W / patch)`.
+    """
+
+    def __init__(self, config: RgbdVitConfig):
+        super().__init__()
+        num_layers = config.patch_size_pair[0].bit_length() - 1
+        widths = [max(config.hidden_size >> (num_layers - 1 - index), 1) for index in range(num_layers)]
+        channels = [config.num_channels] + widths
+        self.convolutions = nn.ModuleList(
+            RgbdStemConvolution(channels[index], channels[index + 1], kernel_size=3, stride=2, padding=1)
+            for index in range(num_layers)
+        )
+        self.normalizations = nn.ModuleList(nn.BatchNorm2d(width) for width in widths[:-1])
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        hidden = values
+        for index, convolution in enumerate(self.convolutions):
+            hidden = convolution(hidden)
+            if index < len(self.normalizations):
+                hidden = self.activation(self.normalizations[index](hidden))
+        return hidden
+
+
 class RgbdPatchEmbeddings(nn.Module):
     """Cuts `(B, C, H, W)` inputs into non-overlapping patches and projects them to `(B, N, hidden_size)`.
 
@@ -64,13 +97,16 @@ class RgbdPatchEmbeddings(nn.Module):
         self.patch_size = config.patch_size_pair
         self.num_channels = config.num_channels
         self.num_patches = config.num_patches
-        self.projection = nn.Conv2d(
-            config.num_channels,
-            config.hidden_size,
-            kernel_size=self.patch_size,
-            stride=self.patch_size,
-            bias=config.patch_embedding_bias,
-        )
+        if config.patch_embedding_type == "conv_stem":
+            self.projection = RgbdConvStem(config)
+        else:
+            self.projection = nn.Conv2d(
+                config.num_channels,
+                config.hidden_size,
+                kernel_size=self.patch_size,
+                stride=self.patch_size,
+                bias=config.patch_embedding_bias,
+            )
 
     def check_input(self, values: torch.Tensor, input_name: str, interpolate_pos_encoding: bool) -> None:
         """Raise a ValueError naming `input_name` when `values` (B, C, H, W) does not fit this embedding."""
@@ -168,7 +204,7 @@ class RgbdVitEmbeddings(nn.Module):
         """
         self.patch_embeddings.check_input(values, self.input_name, interpolate_pos_encoding)
         batch_size, _, height, width = values.shape
-        dtype = self.patch_embeddings.projection.weight.dtype
+        dtype = self.position_embeddings.dtype
         values = values.to(dtype)
         key_mask = None
         if self.modality == "depth" and depth_mask is not None:
@@ -483,6 +519,9 @@ class RgbdVitPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, RgbdStemConvolution):  # torch's default convolution initialisation
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init.zeros_(module.bias)
         if isinstance(module, RgbdVitEmbeddings):
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if getattr(module.config, "position_embedding_init", "random") == "sincos":
@@ -571,6 +610,7 @@ class RgbdVitModel(RgbdVitPreTrainedModel):
 
 
 __all__ = [
+    "RgbdConvStem",
     "RgbdPatchEmbeddings",
     "RgbdVitAttention",
     "RgbdVitEmbeddings",
