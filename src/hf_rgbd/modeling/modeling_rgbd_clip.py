@@ -26,7 +26,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_rgbd_clip import RgbdClipConfig
 from .configuration_rgbd_vit import RgbdVitConfig
-from .modeling_rgbd_common import RgbdAutoMapMixin
+from .modeling_rgbd_common import RgbdAutoMapMixin, check_labels, draw_modality_dropout
 from .modeling_rgbd_vit import RgbdVitModel, resize_position_embeddings
 
 logger = logging.get_logger(__name__)
@@ -574,16 +574,6 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.rgbd_clip.get_input_embeddings()
 
-    def _dropped_modalities(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-sample (drop_rgb, drop_depth) bool masks (B,) from one uniform draw each, or None."""
-        p_rgb, p_depth = self.config.modality_dropout
-        if not self.training or (p_rgb <= 0 and p_depth <= 0):
-            return None
-        draw = torch.rand(batch_size, device=device)
-        drop_rgb = draw < p_rgb
-        drop_depth = (draw >= p_rgb) & (draw < p_rgb + p_depth)
-        return drop_rgb, drop_depth
-
     @can_return_tuple
     def forward(
         self,
@@ -621,9 +611,7 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
                 f"{depth_values.shape[0]}."
             )
         if labels is not None:
-            batch_size = (pixel_values if use_rgb else depth_values).shape[0]
-            if labels.shape[0] != batch_size:
-                raise ValueError(f"`labels` has {labels.shape[0]} entries for a batch of {batch_size}.")
+            check_labels(labels, (pixel_values if use_rgb else depth_values).shape[0])
 
         kwargs = dict(
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -641,9 +629,9 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
             depth_embeds = (
                 depth_outputs.pooler_output if use_depth else self.missing_depth_embedding.expand(batch_size, -1)
             )
-            dropped = self._dropped_modalities(batch_size, device) if use_rgb and use_depth else None
-            if dropped is not None:
-                drop_rgb, drop_depth = dropped
+            p_rgb, p_depth = self.config.modality_dropout
+            if self.training and use_rgb and use_depth and (p_rgb > 0 or p_depth > 0):
+                drop_rgb, drop_depth = draw_modality_dropout(self.config.modality_dropout, batch_size, device)
                 rgb_embeds = torch.where(drop_rgb.unsqueeze(-1), self.missing_rgb_embedding, rgb_embeds)
                 depth_embeds = torch.where(drop_depth.unsqueeze(-1), self.missing_depth_embedding, depth_embeds)
             parts = [rgb_embeds, depth_embeds]

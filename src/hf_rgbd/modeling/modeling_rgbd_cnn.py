@@ -37,7 +37,7 @@ from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetSt
 from transformers.utils import ModelOutput, logging
 
 from .configuration_rgbd_cnn import RgbdCnnConfig
-from .modeling_rgbd_common import RgbdAutoMapMixin
+from .modeling_rgbd_common import RgbdAutoMapMixin, check_labels, draw_modality_dropout
 
 logger = logging.get_logger(__name__)
 
@@ -604,14 +604,13 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) bool each: which samples use RGB and depth. In training with `modality_dropout`, one uniform draw
         per sample (from torch's global generator) drops RGB if `u < p_rgb`, depth if `p_rgb <= u < p_rgb + p_depth`
-        (never both); only when both inputs are given."""
-        rgb_present = torch.full((batch_size,), pixel_values is not None, dtype=torch.bool, device=device)
-        depth_present = torch.full((batch_size,), depth_input is not None, dtype=torch.bool, device=device)
+        (never both; `draw_modality_dropout`); only when both inputs are given."""
         p_rgb, p_depth = self.config.modality_dropout
         if self.training and pixel_values is not None and depth_input is not None and p_rgb + p_depth > 0:
-            draw = torch.rand(batch_size, device=device)
-            rgb_present = draw >= p_rgb
-            depth_present = (draw < p_rgb) | (draw >= p_rgb + p_depth)
+            drop_rgb, drop_depth = draw_modality_dropout(self.config.modality_dropout, batch_size, device)
+            return ~drop_rgb, ~drop_depth
+        rgb_present = torch.full((batch_size,), pixel_values is not None, dtype=torch.bool, device=device)
+        depth_present = torch.full((batch_size,), depth_input is not None, dtype=torch.bool, device=device)
         return rgb_present, depth_present
 
     # -------------------------------------------------------------------------------------------- fusions
@@ -738,9 +737,7 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.ndim == 0 or labels.shape[0] != logits.shape[0]:
-                shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-                raise ValueError(f"`labels` must have one entry per sample ({logits.shape[0]}), got {shape}.")
+            check_labels(labels, logits.shape[0])
             loss = self.loss_function(
                 labels=labels,
                 pooled_logits=logits,

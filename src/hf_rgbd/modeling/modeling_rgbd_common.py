@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
 
 class RgbdAutoMapMixin:
     """Makes a saved folder loadable under every Auto class of its family with `trust_remote_code=True`.
@@ -30,4 +32,24 @@ class RgbdAutoMapMixin:
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-__all__ = ["RgbdAutoMapMixin"]
+def draw_modality_dropout(
+    modality_dropout: tuple[float, float] | list[float], batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which samples lose a modality in training: `(drop_rgb, drop_depth)`, (B,) bool each.
+
+    One uniform draw `u` per sample from torch's global generator drops RGB if `u < p_rgb` and depth if
+    `p_rgb <= u < p_rgb + p_depth`, so a sample never loses both (`modality_dropout = (p_rgb, p_depth)`).
+    """
+    p_rgb, p_depth = modality_dropout
+    draw = torch.rand(batch_size, device=device)
+    return draw < p_rgb, (draw >= p_rgb) & (draw < p_rgb + p_depth)
+
+
+def check_labels(labels: Any, batch_size: int) -> None:
+    """ValueError naming `labels` unless it is a tensor with one entry (or row) per sample."""
+    if not isinstance(labels, torch.Tensor) or labels.ndim == 0 or labels.shape[0] != batch_size:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"`labels` must have one entry per sample ({batch_size}), got {shape}.")
+
+
+__all__ = ["RgbdAutoMapMixin", "check_labels", "draw_modality_dropout"]
