@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers.image_processing_utils import BatchFeature
 
-from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.training import classification_accuracy, split_to_tensors, train_classifier
+from hf_rgbd import RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
+from hf_rgbd.training import classification_accuracy, split_to_tensors, train_cnn_classifier
 
 accuracy = classification_accuracy
 
@@ -57,15 +57,12 @@ def fused_classifier(data, processor: RgbdProcessor, model_dir: str | None, epoc
     if model_dir is not None and (Path(model_dir) / "config.json").exists():
         print(f"loading the fused classifier from {model_dir}")
         return RgbdCnnForImageClassification.from_pretrained(model_dir).eval()
-    names = data["train"].features["label"].names
-    config = RgbdCnnConfig.small(fusion_type="early", num_labels=len(names), id2label=dict(enumerate(names)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = RgbdCnnForImageClassification(config)
-    train, train_labels = process_split(processor, data["train"])
-    validation, validation_labels = process_split(processor, data["validation"])
+    train = process_split(processor, data["train"])
+    validation = process_split(processor, data["validation"])
     start = time.perf_counter()
-    result = train_classifier(model, train, train_labels, validation, validation_labels, epochs=epochs, seed=seed)
+    model, result = train_cnn_classifier(
+        train, validation, data["train"].features["label"].names, {"fusion_type": "early"}, seed=seed, epochs=epochs
+    )
     print(
         f"trained the fused classifier (early fusion, RgbdCnnConfig.small()) for {epochs} epochs in "
         f"{time.perf_counter() - start:.0f} s; best validation accuracy {result.best_validation_accuracy:.4f} "

@@ -94,40 +94,28 @@ def throughput(model, batch: dict, batch_size: int = 250) -> float:
 def train_variant(name: str, tensors: dict, class_names: list[str], args: argparse.Namespace) -> dict:
     import torch
 
-    from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification
-    from hf_rgbd.training import classification_accuracy, to_channels_last, train_classifier
+    from hf_rgbd.training import MODALITY_INPUT_KEYS, classification_accuracy, to_channels_last, train_cnn_classifier
 
     spec = VARIANTS[name]
     representation = "hha" if spec.get("depth_channels") == 3 else "metric"
-    keys = {"rgb": ("pixel_values",), "depth": ("depth_values", "depth_mask")}.get(
-        spec.get("modalities"), ("pixel_values", "depth_values", "depth_mask")
-    )
+    keys = MODALITY_INPUT_KEYS[spec.get("modalities", "rgbd")]
     splits = {
         split: to_channels_last({key: tensors[split][representation][key] for key in keys})
         for split in ("train", "validation", "test")
     }
     labels = {split: tensors[split]["labels"] for split in splits}
-    config = RgbdCnnConfig.small(
-        **spec,
-        num_labels=len(class_names),
-        id2label=dict(enumerate(class_names)),
-        label2id={label: index for index, label in enumerate(class_names)},
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = RgbdCnnForImageClassification(config).to(memory_format=torch.channels_last)
-    training = train_classifier(
-        model,
-        splits["train"],
-        labels["train"],
-        splits["validation"],
-        labels["validation"],
+    model, training = train_cnn_classifier(
+        (splits["train"], labels["train"]),
+        (splits["validation"], labels["validation"]),
+        class_names,
+        spec,
+        seed=args.seed,
+        memory_format=torch.channels_last,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         max_shift=args.max_shift,
-        seed=args.seed,
     )
     return {
         "variant": name,

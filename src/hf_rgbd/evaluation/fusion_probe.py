@@ -81,13 +81,13 @@ def fusion_probe(
     Returns:
         `{modality: {"test_accuracy", "validation_accuracy", "best_epoch", "train_seconds"}}`.
     """
-    from ..modeling import RgbdCnnConfig, RgbdCnnForImageClassification
     from ..processors import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
     from ..training.classification import (
+        MODALITY_INPUT_KEYS,
         classification_accuracy,
         split_to_tensors,
         to_channels_last,
-        train_classifier,
+        train_cnn_classifier,
     )
 
     unknown = [m for m in modalities if m not in PROBE_MODALITIES]
@@ -103,31 +103,20 @@ def fusion_probe(
     features = dataset["train"].features["label"]
     results = {}
     for modality in modalities:
-        keys = {"rgb": ("pixel_values",), "depth": ("depth_values", "depth_mask")}.get(
-            modality, ("pixel_values", "depth_values", "depth_mask")
-        )
+        keys = MODALITY_INPUT_KEYS[modality]
         splits = {
             name: (to_channels_last({key: inputs[key] for key in keys}), labels)
             for name, (inputs, labels) in tensors.items()
         }
-        config = RgbdCnnConfig.small(
-            modalities=modality,
-            fusion_type="early",
-            num_labels=features.num_classes,
-            id2label=dict(enumerate(features.names)),
-            label2id={name: index for index, name in enumerate(features.names)},
-            **(config_overrides or {}),
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = RgbdCnnForImageClassification(config).to(memory_format=torch.channels_last)
         prefix = f"[{modality}] "
-        training = train_classifier(
-            model,
-            *splits["train"],
-            *splits["validation"],
-            epochs=epochs,
+        model, training = train_cnn_classifier(
+            splits["train"],
+            splits["validation"],
+            features.names,
+            {"modalities": modality, "fusion_type": "early", **(config_overrides or {})},
             seed=seed,
+            memory_format=torch.channels_last,
+            epochs=epochs,
             log=(lambda line, prefix=prefix: log(prefix + line)) if log is not None else None,
         )
         results[modality] = {

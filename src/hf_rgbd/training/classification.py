@@ -21,6 +21,12 @@ import torch
 from torch import nn
 
 INPUT_KEYS = ("pixel_values", "depth_values", "depth_mask")
+#: the model inputs each value of the shared `modalities` config field reads
+MODALITY_INPUT_KEYS = {
+    "rgbd": INPUT_KEYS,
+    "rgb": ("pixel_values",),
+    "depth": ("depth_values", "depth_mask"),
+}
 
 
 @dataclass
@@ -209,11 +215,53 @@ def train_classifier(
     return result
 
 
+def train_cnn_classifier(
+    train: tuple[Mapping[str, torch.Tensor], torch.Tensor],
+    validation: tuple[Mapping[str, torch.Tensor], torch.Tensor],
+    class_names: list[str],
+    config_overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    **training_kwargs: Any,
+) -> tuple[nn.Module, ClassifierTrainingResult]:
+    """Build `RgbdCnnForImageClassification(RgbdCnnConfig.small(**config_overrides))` (weights seeded with `seed`,
+    the caller's RNG untouched) and train it with [`train_classifier`].
+
+    Args:
+        train, validation: `(inputs, labels)` pairs as [`split_to_tensors`] returns them (only the keys the
+            configured `modalities` reads; see `MODALITY_INPUT_KEYS`).
+        class_names: label names (`num_labels`, `id2label`, `label2id`).
+        config_overrides: `RgbdCnnConfig` fields (`fusion_type`, `modalities`, `depth_channels`, ...).
+        seed: weight initialisation and `train_classifier`'s seed.
+        memory_format: of the model's weights (`torch.channels_last` speeds up CPU convolutions when the inputs are
+            channels-last too, see [`to_channels_last`]).
+        training_kwargs: the rest of [`train_classifier`]'s arguments (`epochs`, `learning_rate`, `log`, ...).
+
+    Returns:
+        the trained model (eval mode, best validation epoch) and the [`ClassifierTrainingResult`].
+    """
+    from ..modeling import RgbdCnnConfig, RgbdCnnForImageClassification
+
+    config = RgbdCnnConfig.small(
+        num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)),
+        label2id={name: index for index, name in enumerate(class_names)},
+        **(config_overrides or {}),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RgbdCnnForImageClassification(config).to(memory_format=memory_format)
+    result = train_classifier(model, *train, *validation, seed=seed, **training_kwargs)
+    return model, result
+
+
 __all__ = [
+    "MODALITY_INPUT_KEYS",
     "ClassifierTrainingResult",
     "classification_accuracy",
     "random_flip_shift",
     "split_to_tensors",
     "to_channels_last",
     "train_classifier",
+    "train_cnn_classifier",
 ]
