@@ -517,6 +517,8 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         (classifier, {}, "pixel_values.*depth_values"),
         (classifier, {**inputs, "depth_values": inputs["depth_values"][:1], "depth_mask": None}, "batch size"),
         (classifier, {**inputs, "labels": torch.tensor([0, 1, 2])}, "labels"),
+        (classifier, {**inputs, "labels": [0, 1]}, "labels"),
+        (model, {**inputs, "pixel_values": (inputs["pixel_values"] * 50).to(torch.uint8)}, "pixel_values.*float"),
     ]
     for target, kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

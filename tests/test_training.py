@@ -52,6 +52,8 @@ def test_flip_shift_moves_every_map_of_a_sample_identically():
         seen_flip |= not bool(torch.all(dx == dx[0]))
         seen_shift |= bool(dy[0] != 0)
     assert seen_flip and seen_shift
+    with pytest.raises(ValueError, match="max_shift"):
+        random_flip_shift(inputs, torch.Generator(), max_shift=-2)
 
 
 def test_train_classifier_is_seeded_and_keeps_the_best_epoch():

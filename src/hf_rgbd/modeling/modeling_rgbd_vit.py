@@ -110,6 +110,11 @@ class RgbdPatchEmbeddings(nn.Module):
 
     def check_input(self, values: torch.Tensor, input_name: str, interpolate_pos_encoding: bool) -> None:
         """Raise a ValueError naming `input_name` when `values` (B, C, H, W) does not fit this embedding."""
+        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+            raise ValueError(
+                f"`{input_name}` must be a floating-point torch.Tensor, got "
+                f"{getattr(values, 'dtype', type(values).__name__)}."
+            )
         if values.dim() != 4:
             raise ValueError(
                 f"`{input_name}` must be (batch, channels, height, width), got shape {tuple(values.shape)}."

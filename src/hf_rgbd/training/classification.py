@@ -83,6 +83,8 @@ def random_flip_shift(
     """Aligned augmentation of a batch of (B, C, H, W) maps (RGB, depth, mask, ...): per sample a random horizontal
     flip (p = 1/2) and a translation by up to `max_shift` pixels in each direction, the same for every map of the
     sample. Pixels shifted in from outside are zeros (holes for `depth_mask`). Draws from `generator` only."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"`max_shift` must be an int >= 0 (pixels), got {max_shift!r}.")
     first = next(iter(inputs.values()))
     count, height, width = first.shape[0], first.shape[-2], first.shape[-1]
     device = first.device
