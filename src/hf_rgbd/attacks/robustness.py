@@ -14,28 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers.image_processing_utils import BatchFeature
 
+from ..training.classification import split_to_tensors
 from .base import AttackResult, RgbdAttack, _model_device, model_inputs
 
 
-def _batches(processor: Any, dataset: Any, batch_size: int) -> list[tuple[Any, torch.Tensor]]:
-    """Process the split once: a list of (BatchFeature, labels (B,))."""
-    columns = set(dataset.column_names)
-    for column in ("image", "depth", "label"):
-        if column not in columns:
-            raise ValueError(
-                f"`dataset` needs columns image, depth and label (as make_synthetic_rgbd), got {sorted(columns)}."
-            )
-    data = dataset.with_format("numpy")
-    batches = []
-    for start in range(0, len(dataset), batch_size):
-        rows = data[start : start + batch_size]
-        kwargs = {}
-        if "intrinsics" in columns:
-            kwargs = {"intrinsics": np.asarray(rows["intrinsics"], dtype=np.float32), "return_intrinsics": True}
-        batch = processor(images=list(rows["image"]), depths=list(rows["depth"]), return_tensors="pt", **kwargs)
-        batches.append((batch, torch.as_tensor(np.asarray(rows["label"]), dtype=torch.long)))
-    return batches
+def _batches(processor: Any, dataset: Any, batch_size: int) -> list[tuple[BatchFeature, torch.Tensor]]:
+    """Process the split once (`split_to_tensors`, with the rescaled intrinsics): a list of (batch, labels (B,))."""
+    inputs, labels = split_to_tensors(dataset, processor, return_intrinsics=True)
+    return [
+        (
+            BatchFeature({key: value[start : start + batch_size] for key, value in inputs.items()}),
+            labels[start : start + batch_size],
+        )
+        for start in range(0, labels.shape[0], batch_size)
+    ]
 
 
 def _modality_group(attack: RgbdAttack) -> str:
