@@ -3,7 +3,7 @@
 Importing the package registers its configurations, processors and models with the transformers Auto classes.
 """
 
-from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, AdversarialTrainer, RgbdAttack, evaluate_robustness
+from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, RgbdAttack, evaluate_robustness
 from .modeling import (
     RgbdClipConfig,
     RgbdClipForImageClassification,
@@ -51,3 +51,12 @@ __all__ = [
     "RgbdProcessorConfig",
     "register_auto_classes",
 ]
+
+
+def __getattr__(name: str):
+    # lazy, like `hf_rgbd.attacks.AdversarialTrainer` (it imports `transformers.Trainer`)
+    if name == "AdversarialTrainer":
+        from .attacks import AdversarialTrainer
+
+        return AdversarialTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
