@@ -127,17 +127,24 @@ class RgbdCnnDepthNorm(nn.Module):
     def forward(self, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """depth (B, C, H, W), mask (B, 1, H, W) bool -> (B, C, H, W), 0 where `mask` is False."""
         mean, var = self.running_mean, self.running_var
-        valid = mask.to(depth.dtype)
-        count = valid.sum()
-        if self.training and count.item() > 1:
+        if self.training:
+            # batch statistics when more than one pixel is valid, running ones otherwise; decided with torch.where,
+            # so that no host synchronisation sits on the training path
+            count = mask.to(depth.dtype).sum()
+            enough = count > 1
             zero = torch.zeros((), dtype=depth.dtype, device=depth.device)
-            values = torch.where(mask, depth, zero)
-            mean = values.sum(dim=(0, 2, 3)) / count
-            var = (torch.where(mask, depth - mean[None, :, None, None], zero) ** 2).sum(dim=(0, 2, 3)) / count
+            safe_count = count.clamp_min(1)
+            batch_mean = torch.where(mask, depth, zero).sum(dim=(0, 2, 3)) / safe_count
+            centred = torch.where(mask, depth - batch_mean[None, :, None, None], zero)
+            batch_var = (centred**2).sum(dim=(0, 2, 3)) / safe_count
             with torch.no_grad():
-                unbiased = var * count / (count - 1)
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.detach())
+                unbiased = batch_var * count / (count - 1).clamp_min(1)
+                updated_mean = self.running_mean * (1 - self.momentum) + self.momentum * batch_mean.detach()
+                updated_var = self.running_var * (1 - self.momentum) + self.momentum * unbiased.detach()
+                self.running_mean.copy_(torch.where(enough, updated_mean, self.running_mean))
+                self.running_var.copy_(torch.where(enough, updated_var, self.running_var))
+            mean = torch.where(enough, batch_mean, mean)
+            var = torch.where(enough, batch_var, var)
         scale = self.weight * torch.rsqrt(var + self.eps)
         normalised = (depth - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
         return torch.where(mask, normalised, torch.zeros((), dtype=depth.dtype, device=depth.device))
