@@ -139,3 +139,13 @@ def test_image_output_is_correct_or_value_error(case):
     assert out.shape == (1, 3, *size) and out.dtype == torch.float32
     assert bool(torch.isfinite(out).all())
     assert float(out.min()) >= (0 - 0.5) / 0.25 - 1e-5 and float(out.max()) <= (1 - 0.5) / 0.25 + 1e-5
+
+
+def test_uint8_downscale_of_a_narrow_image_matches_the_float_resize():
+    # found by hypothesis: torch's uint8 antialiased kernel asserted on this NCHW-contiguous (3, 2, 1) -> (1, 1) case
+    image = torch.tensor([[[95], [217]], [[130], [207]], [[194], [235]]], dtype=torch.uint8)
+    processor = RgbdImageProcessor(size={"height": 1, "width": 1}, image_mean=0.0, image_std=1.0)
+    out = processor(image)["pixel_values"]
+    expected = image.float().mean(dim=(1, 2)) / 255.0  # bilinear 2 -> 1 averages the two rows
+    assert out.shape == (1, 3, 1, 1)
+    torch.testing.assert_close(out.flatten(), expected, atol=1 / 255, rtol=0)
