@@ -559,6 +559,10 @@ def test_config_defaults_and_named_configs():
     assert RgbdClipConfig(depth_config={"num_channels": 3}).depth_config.modality == "depth"
     small = RgbdClipConfig.small(num_labels=8)
     assert small.rgb_config.image_size == 64 and small.num_labels == 8
+    assert small.rgb_config.patch_embedding_type == small.depth_config.patch_embedding_type == "conv_stem"
+    assert (
+        RgbdClipConfig.small(rgb_config={"patch_embedding_type": "linear"}).rgb_config.patch_embedding_type == "linear"
+    )
     reloaded = RgbdClipConfig.from_dict(small.to_dict())
     assert reloaded.depth_config.to_dict() == small.depth_config.to_dict()
 

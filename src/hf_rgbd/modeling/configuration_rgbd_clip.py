@@ -93,7 +93,8 @@ class RgbdClipConfig(PreTrainedConfig):
     @classmethod
     def small(cls, **kwargs: Any) -> "RgbdClipConfig":
         """Small towers for 64x64 inputs on a CPU (`RgbdVitConfig.small()`: hidden 128, 4 layers, 4 heads, patch
-        16), projection 128."""
+        16 from a convolutional stem), projection 128: the config of the synthetic acceptance run
+        (`scripts/train_rgbd_clip.py`)."""
         return cls._named(RgbdVitConfig.small, dict(projection_dim=128), kwargs)
 
     @classmethod

@@ -164,8 +164,9 @@ class RgbdVitConfig(PreTrainedConfig):
 
     @classmethod
     def small(cls, modality: str = "rgb", **kwargs) -> "RgbdVitConfig":
-        """A small tower for 64x64 inputs on a CPU: hidden 128, 4 layers, 4 heads, MLP 256, patch 16 (16 patches),
-        sine-cosine initialised position embeddings (for training from scratch)."""
+        """A small tower for 64x64 inputs on a CPU, for training from scratch: hidden 128, 4 layers, 4 heads, MLP
+        256, patch 16 (16 patches) made by a convolutional stem (`patch_embedding_type="conv_stem"`), sine-cosine
+        initialised position embeddings."""
         defaults = dict(
             hidden_size=128,
             num_hidden_layers=4,
@@ -175,6 +176,7 @@ class RgbdVitConfig(PreTrainedConfig):
             patch_size=16,
             layer_norm_eps=1e-6,
             position_embedding_init="sincos",
+            patch_embedding_type="conv_stem",
         )
         defaults.update(kwargs)
         return cls(modality=modality, **defaults)
