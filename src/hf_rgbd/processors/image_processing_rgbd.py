@@ -304,7 +304,7 @@ def _resize(batch: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
         # torch's uint8 antialiased kernel fails an internal assert on some NCHW-contiguous shapes (e.g. 3x2x1 ->
         # 1x1); channels-last is its native layout and gives the same values.
         batch = batch.contiguous(memory_format=torch.channels_last)
-    out = F.interpolate(batch, size=size, mode=mode, align_corners=False, antialias=downscale).contiguous()
+    out = F.interpolate(batch, size=size, mode=mode, align_corners=False, antialias=downscale)
     # uint8 results are clamped by the kernel; float bicubic can overshoot [0, 1].
     return out.clamp_(0.0, 1.0) if out.is_floating_point() and mode == "bicubic" else out
 
