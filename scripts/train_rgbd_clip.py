@@ -140,10 +140,17 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
 
 
 # ------------------------------------------------------------------------------------------------------ stages
-def pretrain(model: RgbdClipModel, data, batcher: Batcher, args) -> float:
-    """ITC pretraining in place; returns the wall time in seconds (validation retrieval excluded)."""
-    train = data["train"]
+def pretrain(
+    model: RgbdClipModel, train: dict[str, torch.Tensor], validation_inputs: dict[str, torch.Tensor], batcher, args
+) -> float:
+    """ITC pretraining in place on the raw `train` split (augmented per batch); `validation_inputs` are the
+    processed validation pairs for the periodic retrieval check. Returns the wall time in seconds (validation
+    retrieval excluded)."""
     count = train["label"].shape[0]
+    if not 1 <= args.pretrain_batch_size <= count:
+        raise ValueError(
+            f"`--pretrain-batch-size` must be in [1, {count}] (the train split), got {args.pretrain_batch_size}."
+        )
     steps_per_epoch = count // args.pretrain_batch_size
     total = steps_per_epoch * args.pretrain_epochs
     optimizer = contrastive_optimizer(model, args.pretrain_lr, args.weight_decay, args.logit_scale_lr_factor)
@@ -170,7 +177,7 @@ def pretrain(model: RgbdClipModel, data, batcher: Batcher, args) -> float:
             f"temperature 1/{model.scaled_logit_scale().item():.1f}, {train_seconds:.0f} s"
         )
         if args.eval_every and (epoch + 1) % args.eval_every == 0:
-            metrics = retrieval_metrics(*embed(model, batcher.whole_split(data["validation"])))
+            metrics = retrieval_metrics(*embed(model, validation_inputs))
             message += f", validation RGB->depth R@1 {100 * metrics['rgb_to_depth_R@1']:.1f}% (500 pairs)"
         print(message, flush=True)
     return train_seconds
@@ -231,6 +238,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["rgbd", "rgb", "depth"])
     parser.add_argument("--output-dir", default=None, help="where to keep the models and results (default: temp)")
     args = parser.parse_args()
+    if args.pretrain_batch_size < 1:  # (the fine-tuning arguments are checked by train_classifier)
+        parser.error(f"--pretrain-batch-size must be >= 1, got {args.pretrain_batch_size}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -272,7 +281,7 @@ def main() -> None:
         f"{data['train']['label'].shape[0] // args.pretrain_batch_size} steps (batch {args.pretrain_batch_size})",
         flush=True,
     )
-    pretrain_seconds = pretrain(model, data, batcher, args)
+    pretrain_seconds = pretrain(model, data["train"], inputs["validation"], batcher, args)
 
     # 2. retrieval, the whole test split as gallery
     start = time.perf_counter()
