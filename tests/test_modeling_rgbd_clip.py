@@ -352,6 +352,44 @@ def test_single_modality_variants_build_one_tower():
             (base.get_depth_features if modality == "rgb" else base.get_rgb_features)(inputs[kept])
 
 
+def test_auxiliary_heads_add_weighted_per_modality_losses(tmp_path):
+    inputs = make_inputs(4)
+    labels = torch.tensor([0, 1, 2, 3])
+    assert RgbdClipForImageClassification(tiny_config()).rgb_classifier is None  # weight 0: no extra heads
+    torch.manual_seed(0)
+    model = RgbdClipForImageClassification(tiny_config(auxiliary_loss_weight=0.5)).eval()
+    out = run(model, **inputs, labels=labels)
+    clip = model.rgbd_clip
+    with torch.no_grad():
+        rgb_embeds = clip.get_rgb_features(inputs["pixel_values"]).pooler_output
+        depth_embeds = clip.get_depth_features(inputs["depth_values"], inputs["depth_mask"]).pooler_output
+        expected_rgb, expected_depth = model.rgb_classifier(rgb_embeds), model.depth_classifier(depth_embeds)
+        fused = model.classifier(torch.cat([rgb_embeds, depth_embeds], -1))
+    torch.testing.assert_close(out.rgb_logits, expected_rgb)
+    torch.testing.assert_close(out.depth_logits, expected_depth)
+    torch.testing.assert_close(out.logits, fused)  # the prediction is the fused classifier's alone
+    cross_entropy = torch.nn.functional.cross_entropy
+    expected_loss = cross_entropy(fused, labels) + 0.5 * (
+        cross_entropy(expected_rgb, labels) + cross_entropy(expected_depth, labels)
+    )
+    torch.testing.assert_close(out.loss, expected_loss)
+    # a missing modality has no auxiliary logits and adds no auxiliary loss
+    rgb_only = run(model, pixel_values=inputs["pixel_values"], labels=labels)
+    assert rgb_only.depth_logits is None
+    expected_loss = cross_entropy(rgb_only.logits, labels) + 0.5 * cross_entropy(expected_rgb, labels)
+    torch.testing.assert_close(rgb_only.loss, expected_loss)
+    # modality dropout replaces the fused input, never what the auxiliary heads read
+    model.config.modality_dropout = [0.5, 0.5]
+    model.train()
+    dropped = run(model, **inputs)
+    torch.testing.assert_close(dropped.rgb_logits, expected_rgb)
+    torch.testing.assert_close(dropped.depth_logits, expected_depth)
+    # the heads are saved and loaded with the rest
+    model.eval().save_pretrained(tmp_path)
+    reloaded = RgbdClipForImageClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(run(reloaded, **inputs).rgb_logits, expected_rgb)
+
+
 # ----------------------------------------------------------------------------------------------- save / load / auto
 def test_init_weights_restores_parameters_missing_from_checkpoint(tmp_path):
     torch.manual_seed(0)
@@ -536,6 +574,8 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         ({"modalities": "rgb", "modality_dropout": 0.1}, "modality_dropout"),
         ({"projection_dim": 0}, "projection_dim"),
         ({"classifier_dropout": 1.0}, "classifier_dropout"),
+        ({"auxiliary_loss_weight": -0.1}, "auxiliary_loss_weight"),
+        ({"modalities": "depth", "auxiliary_loss_weight": 0.5}, "auxiliary_loss_weight"),
         ({"rgb_config": {"hidden_size": 31}}, "hidden_size"),
         ({"depth_config": {"image_size": 30}}, "image_size"),
         ({"depth_config": {"modality": "rgb"}}, "depth_config.modality"),

@@ -37,6 +37,11 @@ class RgbdClipConfig(PreTrainedConfig):
             sample never loses both; hence `p_rgb + p_depth <= 1`. A dropped modality is replaced by a learned
             "missing modality" embedding, exactly as a missing input at inference (`depth_values=None`).
         classifier_dropout (`float`, defaults to 0.0): dropout on the fused embedding before the classifier.
+        auxiliary_loss_weight (`float`, defaults to 0.0): classification with `modalities="rgbd"` only. When
+            positive, [`RgbdClipForImageClassification`] gets one auxiliary linear head per modality, each reading
+            that modality's own embedding, and with `labels` the loss is the fused loss plus this weight times the sum
+            of the two heads' losses (per-modality supervision as in Gradient-Blending, Wang et al. 2020: each tower
+            has to learn its own cues instead of leaning on the other modality).
         initializer_range (`float`, defaults to 0.02): std for the heads' initialisation.
         num_labels (`int`): classes of [`RgbdClipForImageClassification`].
     """
@@ -54,6 +59,7 @@ class RgbdClipConfig(PreTrainedConfig):
     modalities: str = "rgbd"
     modality_dropout: list[float] | tuple[float, ...] | float = (0.0, 0.0)
     classifier_dropout: float | int = 0.0
+    auxiliary_loss_weight: float | int = 0.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -76,6 +82,12 @@ class RgbdClipConfig(PreTrainedConfig):
         if not is_number(self.logit_scale_init_value):
             raise ValueError(f"`logit_scale_init_value` must be a number, got {self.logit_scale_init_value!r}.")
         check_shared_fields(self.modalities, self.modality_dropout, self.classifier_dropout)
+        if not is_number(self.auxiliary_loss_weight) or self.auxiliary_loss_weight < 0:
+            raise ValueError(f"`auxiliary_loss_weight` must be a number >= 0, got {self.auxiliary_loss_weight!r}.")
+        if self.auxiliary_loss_weight > 0 and self.modalities != "rgbd":
+            raise ValueError(
+                f"`auxiliary_loss_weight` needs both modalities, but `modalities={self.modalities!r}`; use 0.0."
+            )
 
     @property
     def active_modalities(self) -> tuple[str, ...]:

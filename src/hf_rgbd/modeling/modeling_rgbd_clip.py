@@ -91,8 +91,11 @@ class RgbdClipImageClassifierOutput(_TwoTowerOutputMixin, ModelOutput):
     r"""Output of [`RgbdClipForImageClassification`].
 
     Args:
-        loss (`torch.Tensor` of shape `()`, returned with `labels`): classification loss.
+        loss (`torch.Tensor` of shape `()`, returned with `labels`): classification loss (plus the weighted
+            auxiliary losses when `config.auxiliary_loss_weight > 0`).
         logits (`torch.Tensor` (B, num_labels)): classification scores.
+        rgb_logits / depth_logits (`torch.Tensor` (B, num_labels)): scores of the per-modality auxiliary heads
+            (`config.auxiliary_loss_weight > 0` only; None when that modality is not given).
         fused_embeds (`torch.Tensor` (B, n_modalities * projection_dim)): the classifier's input (projected
             embeddings of the used modalities, concatenated RGB first; a missing/dropped modality contributes its
             learned "missing" embedding).
@@ -105,6 +108,8 @@ class RgbdClipImageClassifierOutput(_TwoTowerOutputMixin, ModelOutput):
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    rgb_logits: torch.Tensor | None = None
+    depth_logits: torch.Tensor | None = None
     fused_embeds: torch.Tensor | None = None
     rgb_model_output: BaseModelOutputWithPooling | None = None
     depth_model_output: BaseModelOutputWithPooling | None = None
@@ -552,7 +557,9 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
     training (`config.modality_dropout`, per sample, never both) is replaced by a learned missing-modality
     embedding (zeros at init), so e.g. `depth_values=None` at inference gives a prediction from RGB alone (learned
     when trained with modality dropout). With `modalities="rgb"` / `"depth"` only that tower is built and the other
-    modality's inputs are ignored.
+    modality's inputs are ignored. With `config.auxiliary_loss_weight > 0` (fused only), each modality also has an
+    auxiliary linear head on its own embedding (`rgb_classifier`, `depth_classifier`) whose losses are added to the
+    fused loss (training signal only: `logits` is always the fused classifier's).
     """
 
     def __init__(self, config: RgbdClipConfig):
@@ -569,6 +576,12 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout)
         fused_dim = projection_dim * len(config.active_modalities)
         self.classifier = nn.Linear(fused_dim, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        if config.auxiliary_loss_weight > 0 and config.num_labels > 0:
+            self.rgb_classifier = nn.Linear(projection_dim, config.num_labels)
+            self.depth_classifier = nn.Linear(projection_dim, config.num_labels)
+        else:
+            self.rgb_classifier = None
+            self.depth_classifier = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -639,13 +652,25 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
             parts = [reference.pooler_output]
         fused_embeds = torch.cat(parts, dim=-1)
         logits = self.classifier(self.dropout(fused_embeds))
+        # auxiliary heads read each tower's own embedding (never the "missing" stand-in of modality dropout)
+        rgb_logits = depth_logits = None
+        if self.rgb_classifier is not None:
+            rgb_logits = self.rgb_classifier(self.dropout(rgb_outputs.pooler_output)) if use_rgb else None
+            depth_logits = self.depth_classifier(self.dropout(depth_outputs.pooler_output)) if use_depth else None
 
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config)
+            for auxiliary_logits in (rgb_logits, depth_logits):
+                if auxiliary_logits is not None:
+                    loss = loss + self.config.auxiliary_loss_weight * self.loss_function(
+                        labels, auxiliary_logits, self.config
+                    )
         return RgbdClipImageClassifierOutput(
             loss=loss,
             logits=logits,
+            rgb_logits=rgb_logits,
+            depth_logits=depth_logits,
             fused_embeds=fused_embeds,
             rgb_model_output=rgb_outputs,
             depth_model_output=depth_outputs,
