@@ -182,7 +182,10 @@ def train_classifier(
     for key, value in train_inputs.items():
         if value.shape[0] != count:
             raise ValueError(f"`train_inputs[{key!r}]` has {value.shape[0]} rows, `train_labels` {count}.")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    parameters = [param for param in model.parameters() if param.requires_grad]
+    # the fused kernel (CPU and CUDA) does one pass per step instead of a loop over the parameters
+    fused = all(param.device.type in ("cpu", "cuda") and param.is_floating_point() for param in parameters)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, fused=fused or None)
     steps_per_epoch = -(-count // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=learning_rate, total_steps=epochs * steps_per_epoch, pct_start=warmup_ratio
