@@ -8,6 +8,7 @@ validation epoch). With `model_dir` it is saved there after training and loaded 
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -35,6 +36,15 @@ class Adapter(torch.nn.Module):
         return self.model(
             pixel_values=(images - self.mean) / self.std, depth_values=self.depth_values, depth_mask=self.depth_mask
         ).logits
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic split sizes, the image size and the shared classifier's folder (`--model-dir`)."""
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-validation", type=int, default=500)
+    parser.add_argument("--num-test", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--model-dir", default=None, help="load the trained classifier from / save it to this folder")
 
 
 def make_processor(image_size: int) -> RgbdProcessor:

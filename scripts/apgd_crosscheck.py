@@ -11,7 +11,7 @@ import argparse
 import time
 
 import torch
-from _attack_script_utils import Adapter, accuracy, fused_classifier, make_processor, process_split
+from _attack_script_utils import Adapter, accuracy, add_data_arguments, fused_classifier, make_processor, process_split
 
 from hf_rgbd.attacks import APGD
 from hf_rgbd.data import make_synthetic_rgbd
@@ -19,11 +19,7 @@ from hf_rgbd.data import make_synthetic_rgbd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-validation", type=int, default=500)
-    parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--model-dir", default=None, help="load the trained classifier from / save it to this folder")
+    add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="RGB budgets, in 1/255")
     parser.add_argument("--steps", type=int, default=100)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import torch
-from _attack_script_utils import accuracy, fused_classifier, make_processor, process_split
+from _attack_script_utils import accuracy, add_data_arguments, fused_classifier, make_processor, process_split
 from transformers import TrainingArguments
 
 from hf_rgbd.attacks import PGD, AdversarialTrainer, evaluate_robustness
@@ -64,11 +64,7 @@ def adversarial_training(model, processor, batch, labels, epochs: int, steps: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-validation", type=int, default=500)
-    parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--model-dir", default=None, help="load the trained classifier from / save it to this folder")
+    add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, default=60, help="clean training epochs")
     parser.add_argument("--adv-epochs", type=int, default=10, help="adversarial fine-tuning epochs")
     parser.add_argument("--train-steps", type=int, default=7, help="PGD steps during adversarial training")
