@@ -96,12 +96,34 @@ def test_train_classifier_learns_a_separable_problem():
     assert classification_accuracy(model, inputs, labels) > max(before, 0.8)
 
 
+def test_train_classifier_clips_the_gradient_norm(monkeypatch):
+    inputs, labels = random_inputs(24)
+    clip = torch.nn.utils.clip_grad_norm_
+    norms = []  # (before, after) clipping, per step
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        before = clip(parameters, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+        norms.append((float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    train_classifier(tiny_classifier(), inputs, labels, epochs=1, batch_size=8)
+    assert norms == []  # no clipping by default
+    train_classifier(tiny_classifier(), inputs, labels, epochs=1, batch_size=8, max_grad_norm=1e-3)
+    assert len(norms) == 3  # one per step
+    assert all(before > 1e-3 and after == pytest.approx(1e-3, rel=1e-3) for before, after in norms)
+
+
 def test_train_classifier_bad_arguments():
     inputs, labels = random_inputs()
     with pytest.raises(ValueError, match="epochs"):
         train_classifier(tiny_classifier(), inputs, labels, epochs=0)
     with pytest.raises(ValueError, match="validation_labels"):
         train_classifier(tiny_classifier(), inputs, labels, validation_inputs=inputs)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        train_classifier(tiny_classifier(), inputs, labels, max_grad_norm=0.0)
     with pytest.raises(ValueError, match="pixel_values"):
         train_classifier(tiny_classifier(), {**inputs, "pixel_values": inputs["pixel_values"][:3]}, labels)
 

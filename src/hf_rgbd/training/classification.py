@@ -155,6 +155,7 @@ def train_classifier(
     max_shift: int = 4,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    max_grad_norm: float | None = None,
 ) -> ClassifierTrainingResult:
     """Train `model` in place with AdamW and a one-cycle learning-rate schedule, keeping the best validation epoch.
 
@@ -170,12 +171,16 @@ def train_classifier(
         seed: seeds batch order, augmentation and the model's own random draws (modality dropout, dropout)
             through a private generator and a forked global RNG: the caller's RNG state is left untouched.
         log: called with one line per epoch (e.g. `print`).
+        max_grad_norm: clip the gradients' global norm to this value before each step (as the Trainer's
+            `max_grad_norm`); None (the default) does not clip.
 
     Returns:
         [`ClassifierTrainingResult`]; the model is left in eval mode.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"`epochs` and `batch_size` must be positive, got {epochs} and {batch_size}.")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"`max_grad_norm` must be positive or None, got {max_grad_norm!r}.")
     if (validation_inputs is None) != (validation_labels is None):
         raise ValueError("pass both `validation_inputs` and `validation_labels`, or neither.")
     count = train_labels.shape[0]
@@ -208,6 +213,8 @@ def train_classifier(
                 loss = model(**batch, labels=train_labels[index]).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 loss_sum += float(loss.detach()) * index.shape[0]
