@@ -304,13 +304,13 @@ def main() -> None:
     # 3. fine-tuning, one classifier per variant from the same pretrained weights
     results = {}
     for variant in args.variants:
-        fused = variant == "rgbd"
+        is_fused = variant == "rgbd"
         classifier = RgbdClipForImageClassification.from_pretrained(
             output_dir / "pretrained",
             num_labels=8,
             modalities=variant,
-            modality_dropout=(args.modality_dropout, args.modality_dropout) if fused else (0.0, 0.0),
-            auxiliary_loss_weight=args.auxiliary_loss_weight if fused else 0.0,
+            modality_dropout=(args.modality_dropout, args.modality_dropout) if is_fused else (0.0, 0.0),
+            auxiliary_loss_weight=args.auxiliary_loss_weight if is_fused else 0.0,
         )
         run = train_classifier(
             classifier,
@@ -335,7 +335,7 @@ def main() -> None:
             "finetune_seconds": run.train_seconds,
             "total_seconds": pretrain_seconds + run.train_seconds,
         }
-        if variant == "rgbd":
+        if is_fused:
             rgb_only = {"pixel_values": inputs["test"]["pixel_values"]}
             depth_only = {key: inputs["test"][key] for key in ("depth_values", "depth_mask")}
             row["test_accuracy_depth_values_none"] = classification_accuracy(classifier, rgb_only, labels["test"])

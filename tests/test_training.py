@@ -122,8 +122,9 @@ def test_train_classifier_bad_arguments():
         train_classifier(tiny_classifier(), inputs, labels, epochs=0)
     with pytest.raises(ValueError, match="validation_labels"):
         train_classifier(tiny_classifier(), inputs, labels, validation_inputs=inputs)
-    with pytest.raises(ValueError, match="max_grad_norm"):
-        train_classifier(tiny_classifier(), inputs, labels, max_grad_norm=0.0)
+    for max_grad_norm in (0.0, float("nan"), "1.0"):
+        with pytest.raises(ValueError, match="max_grad_norm"):
+            train_classifier(tiny_classifier(), inputs, labels, max_grad_norm=max_grad_norm)
     with pytest.raises(ValueError, match="pixel_values"):
         train_classifier(tiny_classifier(), {**inputs, "pixel_values": inputs["pixel_values"][:3]}, labels)
 

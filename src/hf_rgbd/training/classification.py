@@ -179,8 +179,10 @@ def train_classifier(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"`epochs` and `batch_size` must be positive, got {epochs} and {batch_size}.")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"`max_grad_norm` must be positive or None, got {max_grad_norm!r}.")
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
+    ):
+        raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
     if (validation_inputs is None) != (validation_labels is None):
         raise ValueError("pass both `validation_inputs` and `validation_labels`, or neither.")
     count = train_labels.shape[0]
