@@ -186,7 +186,9 @@ def processor_outputs() -> dict[str, torch.Tensor]:
             depth_patch_size=8,
         )
         processor = RgbdProcessor(
-            RgbdImageProcessor(size={"height": 24, "width": 32}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.2, 0.3]),
+            RgbdImageProcessor(
+                size={"height": 24, "width": 32}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.2, 0.3]
+            ),
             depth_processor,
         )
         batch = processor(images=images, depths=depths, intrinsics=intrinsics, return_intrinsics=True)
@@ -219,8 +221,12 @@ def attack_processor():
     from hf_rgbd import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
 
     return RgbdProcessor(
-        RgbdImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]),
-        RgbdDepthProcessor(representation="log", min_depth=0.5, max_depth=6.0, depth_vocab_size=16, depth_patch_size=8),
+        RgbdImageProcessor(
+            size={"height": SIZE, "width": SIZE}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]
+        ),
+        RgbdDepthProcessor(
+            representation="log", min_depth=0.5, max_depth=6.0, depth_vocab_size=16, depth_patch_size=8
+        ),
     )
 
 

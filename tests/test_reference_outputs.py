@@ -16,10 +16,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import reference_cases as cases
 import torch
 from safetensors.torch import load_file
-
-import reference_cases as cases
 
 torch.set_num_threads(1)
 
@@ -40,7 +39,9 @@ def loaded_models() -> dict[str, tuple[torch.nn.Module, torch.nn.Module | None]]
     for name, (model_class, _) in cases.model_cases().items():
         folder = cases.MODELS_DIR / name
         model = model_class.from_pretrained(folder)
-        eager = model_class.from_pretrained(folder, attn_implementation="eager") if cases.is_transformer(name) else None
+        eager = (
+            model_class.from_pretrained(folder, attn_implementation="eager") if cases.is_transformer(name) else None
+        )
         models[name] = (model, eager)
     return models
 
