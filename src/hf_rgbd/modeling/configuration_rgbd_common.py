@@ -1,24 +1,20 @@
-"""Fields every hf_rgbd model family shares (`modalities`, `modality_dropout`, `classifier_dropout`) and their checks.
+"""Fields every hf_rgbd model family shares (`modalities`, `modality_dropout`, `classifier_dropout`) and their
+strict-config validators.
 
 Part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so saved model folders carry it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+RgbdModalities = Literal["rgbd", "rgb", "depth"]
 RGBD_MODALITIES: tuple[str, ...] = ("rgbd", "rgb", "depth")
 
 
 def is_number(value: Any) -> bool:
     """A real int or float (bools excluded)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """ValueError naming the field `name` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
 
 
 def normalize_modality_dropout(value: Any) -> Any:
@@ -30,33 +26,82 @@ def normalize_modality_dropout(value: Any) -> Any:
     return value
 
 
-def check_shared_fields(modalities: Any, modality_dropout: Any, classifier_dropout: Any) -> None:
-    """Check the fields shared by all families; ValueError naming the first invalid one.
+def check_positive_int(name: str, value: Any) -> None:
+    """ValueError naming the field `name` unless `value` is an int >= 1 (bools excluded)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
-    `modality_dropout` must be (already normalised to) a pair `(p_rgb, p_depth)` of probabilities with
-    `p_rgb + p_depth <= 1` (one draw per sample drops at most one modality), and all zeros unless
-    `modalities == "rgbd"`; `classifier_dropout` must be in [0, 1).
+
+def check_probability(name: str, value: Any, closed: bool = False) -> None:
+    """ValueError naming the field `name` unless `value` is a number in [0, 1) ([0, 1] with `closed`)."""
+    if not is_number(value) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"`{name}` must be a float in {interval}, got {value!r}.")
+
+
+class RgbdSharedConfigMixin:
+    """Validators of the fields shared by all families, collected by `@strict` from every config that lists this
+    mixin among its bases (before `PreTrainedConfig`). The config declares the fields itself:
+    `modalities: RgbdModalities`, `modality_dropout` (normalised by `normalize_modality_dropout` in
+    `__post_init__`) and `classifier_dropout`.
     """
+
+    def validate_modality_dropout(self) -> None:
+        """`modality_dropout` is a pair `(p_rgb, p_depth)` of probabilities with `p_rgb + p_depth <= 1` (one draw per
+        sample drops at most one modality), all zeros unless `modalities == "rgbd"`."""
+        modality_dropout = self.modality_dropout
+        if (
+            not isinstance(modality_dropout, (list, tuple))
+            or len(modality_dropout) != 2
+            or not all(is_number(p) and 0.0 <= p <= 1.0 for p in modality_dropout)
+        ):
+            raise ValueError(
+                "`modality_dropout` must be a float or a pair (p_rgb, p_depth) of probabilities in [0, 1], got "
+                f"{modality_dropout!r}."
+            )
+        p_rgb, p_depth = modality_dropout
+        if p_rgb + p_depth > 1.0 + 1e-9:
+            raise ValueError(
+                f"`modality_dropout` (p_rgb={p_rgb}, p_depth={p_depth}) must sum to at most 1: a sample drops at most "
+                "one modality."
+            )
+        if self.modalities != "rgbd" and (p_rgb > 0 or p_depth > 0):
+            raise ValueError(
+                f"`modality_dropout` needs both modalities, but `modalities={self.modalities!r}`; use (0.0, 0.0)."
+            )
+
+    def validate_classifier_dropout(self) -> None:
+        check_probability("classifier_dropout", self.classifier_dropout)
+
+
+__all__ = [
+    "RGBD_MODALITIES",
+    "RgbdModalities",
+    "RgbdSharedConfigMixin",
+    "check_positive_int",
+    "check_probability",
+    "is_number",
+    "normalize_modality_dropout",
+]
+
+
+# ------------------------------------------------------------------ legacy checks, removed once every config is strict
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def check_shared_fields(modalities: Any, modality_dropout: Any, classifier_dropout: Any) -> None:
     check_choice("modalities", modalities, RGBD_MODALITIES)
-    if (
-        not isinstance(modality_dropout, (list, tuple))
-        or len(modality_dropout) != 2
-        or not all(is_number(p) and 0.0 <= p <= 1.0 for p in modality_dropout)
-    ):
-        raise ValueError(
-            "`modality_dropout` must be a float or a pair (p_rgb, p_depth) of probabilities in [0, 1], got "
-            f"{modality_dropout!r}."
-        )
-    p_rgb, p_depth = modality_dropout
-    if p_rgb + p_depth > 1.0 + 1e-9:
-        raise ValueError(
-            f"`modality_dropout` (p_rgb={p_rgb}, p_depth={p_depth}) must sum to at most 1: a sample drops at most one "
-            "modality."
-        )
-    if modalities != "rgbd" and (p_rgb > 0 or p_depth > 0):
-        raise ValueError(f"`modality_dropout` needs both modalities, but `modalities={modalities!r}`; use (0.0, 0.0).")
-    if not is_number(classifier_dropout) or not 0.0 <= classifier_dropout < 1.0:
-        raise ValueError(f"`classifier_dropout` must be a float in [0, 1), got {classifier_dropout!r}.")
 
+    class _Fields(RgbdSharedConfigMixin):
+        pass
 
-__all__ = ["RGBD_MODALITIES", "check_choice", "check_shared_fields", "is_number", "normalize_modality_dropout"]
+    fields = _Fields()
+    fields.modalities, fields.modality_dropout, fields.classifier_dropout = (
+        modalities,
+        modality_dropout,
+        classifier_dropout,
+    )
+    fields.validate_modality_dropout()
+    fields.validate_classifier_dropout()

@@ -45,6 +45,41 @@ def draw_modality_dropout(
     return draw < p_rgb, (draw >= p_rgb) & (draw < p_rgb + p_depth)
 
 
+# ------------------------------------------------------------------------------------- input checks (one each)
+# These read shapes and dtypes only, never tensor values, so they cost no host sync inside a training step.
+def check_image_tensor(values: Any, name: str, channels: int | None = None, channels_field: str = "") -> None:
+    """ValueError naming `name` unless `values` is a floating-point (B, C, H, W) tensor, with `C == channels` when
+    given (`channels_field` names the config field it comes from, e.g. `"config.num_channels"`)."""
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise ValueError(
+            f"`{name}` must be a floating-point torch.Tensor, got {getattr(values, 'dtype', type(values).__name__)}."
+        )
+    if values.ndim != 4:
+        raise ValueError(f"`{name}` must be (batch, channels, height, width), got shape {tuple(values.shape)}.")
+    if channels is not None and values.shape[1] != channels:
+        raise ValueError(
+            f"`{name}` has {values.shape[1]} channels but the model expects {channels} ({channels_field}); shape "
+            f"{tuple(values.shape)}."
+        )
+
+
+def check_depth_mask(depth_mask: Any, depth_values: torch.Tensor) -> torch.Tensor:
+    """Validate `depth_mask` against `depth_values` (B, C, H, W); return it as (B, 1, H, W) bool (non-zero = valid).
+
+    A (B, H, W) mask is accepted and given its channel axis."""
+    if not isinstance(depth_mask, torch.Tensor):
+        raise ValueError(f"`depth_mask` must be a torch.Tensor, got {type(depth_mask).__name__}.")
+    if depth_mask.dim() == 3:
+        depth_mask = depth_mask.unsqueeze(1)
+    expected = (depth_values.shape[0], 1, *depth_values.shape[-2:])
+    if tuple(depth_mask.shape) != expected:
+        raise ValueError(
+            f"`depth_mask` must have shape {expected} (batch, 1, height, width) like `depth_values`, "
+            f"got {tuple(depth_mask.shape)}."
+        )
+    return depth_mask if depth_mask.dtype == torch.bool else depth_mask != 0
+
+
 def check_labels(labels: Any, batch_size: int) -> None:
     """ValueError naming `labels` unless it is a tensor with one entry (or row) per sample."""
     if not isinstance(labels, torch.Tensor) or labels.ndim == 0 or labels.shape[0] != batch_size:
@@ -52,4 +87,21 @@ def check_labels(labels: Any, batch_size: int) -> None:
         raise ValueError(f"`labels` must have one entry per sample ({batch_size}), got {shape}.")
 
 
-__all__ = ["RgbdAutoMapMixin", "check_labels", "draw_modality_dropout"]
+def check_flag(value: Any, name: str) -> bool:
+    """`value` if it is a bool (or None, read as False); ValueError naming `name` otherwise (a tensor or a string
+    here is a misplaced argument, and its truth value would be silently wrong)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool, got {type(value).__name__}.")
+    return value
+
+
+__all__ = [
+    "RgbdAutoMapMixin",
+    "check_depth_mask",
+    "check_flag",
+    "check_image_tensor",
+    "check_labels",
+    "draw_modality_dropout",
+]
