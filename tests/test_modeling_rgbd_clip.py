@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from model_test_mixin import RgbdModelTestMixin
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -218,9 +219,9 @@ def test_conv_stem_structure_and_validation():
     out = tower(depth_values=torch.rand(2, 1, 32, 32), depth_mask=torch.ones(2, 1, 32, 32, dtype=torch.bool))
     assert out.last_hidden_state.shape == (2, 1 + 16, 32)
     for bad in ({"patch_size": 6}, {"patch_size": (8, 16)}):
-        with pytest.raises(ValueError, match="conv_stem"):
+        with pytest.raises(StrictDataclassClassValidationError, match="conv_stem"):
             RgbdVitConfig.tiny(patch_embedding_type="conv_stem", **bad)
-    with pytest.raises(ValueError, match="patch_embedding_type"):
+    with pytest.raises(StrictDataclassFieldValidationError, match="patch_embedding_type"):
         RgbdVitConfig.tiny(patch_embedding_type="overlapping")
 
 
@@ -565,26 +566,29 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         model(**make_inputs(2, size=36), interpolate_pos_encoding=True)
 
 
+FIELD_ERROR, CLASS_ERROR = StrictDataclassFieldValidationError, StrictDataclassClassValidationError
+
+
 @pytest.mark.parametrize(
-    "overrides, field",
+    "overrides, field, error",
     [
-        ({"modalities": "rgbx"}, "modalities"),
-        ({"modality_dropout": 1.5}, "modality_dropout"),
-        ({"modality_dropout": (0.7, 0.6)}, "modality_dropout"),
-        ({"modalities": "rgb", "modality_dropout": 0.1}, "modality_dropout"),
-        ({"projection_dim": 0}, "projection_dim"),
-        ({"classifier_dropout": 1.0}, "classifier_dropout"),
-        ({"auxiliary_loss_weight": -0.1}, "auxiliary_loss_weight"),
-        ({"modalities": "depth", "auxiliary_loss_weight": 0.5}, "auxiliary_loss_weight"),
-        ({"rgb_config": {"hidden_size": 31}}, "hidden_size"),
-        ({"depth_config": {"image_size": 30}}, "image_size"),
-        ({"depth_config": {"modality": "rgb"}}, "depth_config.modality"),
-        ({"rgb_config": {"modality": "sonar"}}, "modality"),
-        ({"rgb_config": {"position_embedding_init": "zeros"}}, "position_embedding_init"),
+        ({"modalities": "rgbx"}, "modalities", FIELD_ERROR),
+        ({"modality_dropout": 1.5}, "modality_dropout", CLASS_ERROR),
+        ({"modality_dropout": (0.7, 0.6)}, "modality_dropout", CLASS_ERROR),
+        ({"modalities": "rgb", "modality_dropout": 0.1}, "modality_dropout", CLASS_ERROR),
+        ({"projection_dim": 0}, "projection_dim", CLASS_ERROR),
+        ({"classifier_dropout": 1.0}, "classifier_dropout", CLASS_ERROR),
+        ({"auxiliary_loss_weight": -0.1}, "auxiliary_loss_weight", CLASS_ERROR),
+        ({"modalities": "depth", "auxiliary_loss_weight": 0.5}, "auxiliary_loss_weight", CLASS_ERROR),
+        ({"rgb_config": {"hidden_size": 31}}, "hidden_size", CLASS_ERROR),
+        ({"depth_config": {"image_size": 30}}, "image_size", CLASS_ERROR),
+        ({"depth_config": {"modality": "rgb"}}, "depth_config.modality", CLASS_ERROR),
+        ({"rgb_config": {"modality": "sonar"}}, "modality", FIELD_ERROR),
+        ({"rgb_config": {"position_embedding_init": "zeros"}}, "position_embedding_init", FIELD_ERROR),
     ],
 )
-def test_config_validation_names_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation_names_the_field(overrides, field, error):
+    with pytest.raises(error, match=field):
         if "modality" in overrides.get("depth_config", {}) or "modality" in overrides.get("rgb_config", {}):
             RgbdClipConfig(**overrides)
         else:
