@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -508,6 +509,19 @@ def test_from_vision_pretrained(tmp_path, kind):
         assert list(processor.image_processor.image_mean) == pytest.approx(checkpoint["image_mean"])
         assert list(processor.image_processor.image_std) == pytest.approx(checkpoint["image_std"])
         assert processor.image_processor.size == {"height": SIZE, "width": SIZE}
+
+
+def test_processor_from_vision_pretrained_lives_in_the_processors(tmp_path, monkeypatch):
+    import hf_rgbd.modeling
+    from hf_rgbd.processors import RgbdProcessor, processor_from_vision_pretrained
+
+    _save_vision_checkpoint(tmp_path, "vit")
+    processor = processor_from_vision_pretrained(str(tmp_path), image_size=48)
+    assert isinstance(processor, RgbdProcessor) and processor.image_processor.size == {"height": 48, "width": 48}
+    assert hf_rgbd.modeling.processor_from_vision_pretrained is processor_from_vision_pretrained  # old home
+    monkeypatch.setitem(sys.modules, "hf_rgbd.processors", None)  # as in copied remote code without hf_rgbd
+    with pytest.raises(ImportError, match="hf_rgbd package"):
+        RgbdClipModel.from_vision_pretrained(str(tmp_path), return_processor=True)
 
 
 def test_from_vision_pretrained_overrides_hha_and_image_size(tmp_path):

@@ -243,44 +243,6 @@ def _load_tower_weights(tower: RgbdVitModel, weights: dict[str, torch.Tensor], s
         tower.embeddings.modality_type_embedding.zero_()
 
 
-def processor_from_vision_pretrained(
-    pretrained_model_name_or_path: str,
-    image_size: int | tuple[int, int] | None = None,
-    depth_image_processor: Any = None,
-    **pretrained_kwargs: Any,
-) -> Any:
-    """An `RgbdProcessor` whose RGB normalisation matches a ViT / CLIP checkpoint.
-
-    `image_mean`, `image_std`, `do_rescale` / `rescale_factor` come from the checkpoint's image-processor config
-    (`preprocessor_config.json`) when it has one (defaults otherwise); the output size is `image_size` (default:
-    the checkpoint's `image_size`). `depth_image_processor` defaults to `RgbdDepthProcessor()`. Needs hf_rgbd.
-    """
-    try:
-        from hf_rgbd.processors import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-    except ImportError as error:  # the copied remote code runs without hf_rgbd
-        raise ImportError("processor_from_vision_pretrained needs the hf_rgbd package.") from error
-    from transformers import AutoConfig
-    from transformers.image_processing_base import ImageProcessingMixin
-
-    if image_size is None:
-        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
-        vision_config = getattr(source_config, "vision_config", None) or source_config
-        image_size = vision_config.image_size
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    try:
-        checkpoint_dict, _ = ImageProcessingMixin.get_image_processor_dict(
-            pretrained_model_name_or_path, **pretrained_kwargs
-        )
-    except OSError:
-        checkpoint_dict = {}
-    image_kwargs: dict[str, Any] = {"size": {"height": int(height), "width": int(width)}}
-    for name in ("image_mean", "image_std", "do_rescale", "rescale_factor", "do_normalize"):
-        if checkpoint_dict.get(name) is not None:
-            image_kwargs[name] = checkpoint_dict[name]
-    depth_image_processor = RgbdDepthProcessor() if depth_image_processor is None else depth_image_processor
-    return RgbdProcessor(RgbdImageProcessor(**image_kwargs), depth_image_processor)
-
-
 # --------------------------------------------------------------------------------------------------------- models
 class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
     """Initialisation, class attributes and `from_vision_pretrained` shared by the dual-encoder models."""
@@ -335,7 +297,7 @@ class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
         Args:
             pretrained_model_name_or_path: hub id or local folder (anything `AutoModel.from_pretrained` accepts).
             return_processor: also return an `RgbdProcessor` with the checkpoint's `image_mean` / `image_std`
-                (see [`processor_from_vision_pretrained`]); needs hf_rgbd.
+                (see `hf_rgbd.processors.processor_from_vision_pretrained`); needs hf_rgbd.
             pretrained_kwargs: passed to `AutoConfig` / `AutoModel` / the processor lookup (`revision`, `cache_dir`,
                 `local_files_only`, `token`, ...).
             config_overrides: `RgbdClipConfig` fields (`projection_dim`, `num_labels`, `modalities`, ...);
@@ -394,6 +356,12 @@ class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
         del source_model
         model.eval()
         if return_processor:
+            try:
+                from hf_rgbd.processors import processor_from_vision_pretrained
+            except ImportError as error:  # the copied remote code runs without hf_rgbd
+                raise ImportError(
+                    "`return_processor=True` (processor_from_vision_pretrained) needs the hf_rgbd package."
+                ) from error
             processor = processor_from_vision_pretrained(
                 pretrained_model_name_or_path, image_size=config.rgb_config.image_size, **pretrained_kwargs
             )
@@ -684,6 +652,5 @@ __all__ = [
     "RgbdClipModel",
     "RgbdClipOutput",
     "RgbdClipPreTrainedModel",
-    "processor_from_vision_pretrained",
     "rgbd_contrastive_loss",
 ]
