@@ -118,10 +118,11 @@ def test_depth_under_holes_changes_nothing(mask_missing, patch_embedding_type):
 def test_missing_depth_patch_is_replaced_and_masked_out_of_attention():
     torch.manual_seed(0)
     config = RgbdVitConfig.tiny("depth")
-    tower = RgbdVitModel(config).eval()
+    tower = RgbdVitModel._from_config(config, attn_implementation="eager").eval()  # attention weights need eager
     inputs = make_inputs(2)
     depth, mask = inputs["depth_values"], inputs["depth_mask"]
     out = run(tower, depth_values=depth, depth_mask=mask, output_attentions=True)
+    assert len(out.attentions) == LAYERS
     # no token attends to the missing patch (token 1 of sample 0); sample 1 has none missing
     for weights in out.attentions:
         assert weights[0, :, :, 1].abs().max() == 0
@@ -150,6 +151,61 @@ def test_missing_depth_patch_is_replaced_and_masked_out_of_attention():
         tower.embeddings.partial_hole_embedding.add_(torch.randn(HIDDEN))
     partial = run(tower, depth_values=depth, depth_mask=mask).pooler_output
     assert (partial - moved.pooler_output).abs().max() > 1e-3
+
+
+def test_depth_key_mask_is_given_without_reading_the_mask():
+    # the key mask does not depend on whether a patch is missing (no host read of the mask inside the forward);
+    # without missing patches it is all True and changes nothing
+    torch.manual_seed(0)
+    tower = RgbdVitModel(RgbdVitConfig.tiny("depth")).eval()
+    open_tower = RgbdVitModel(RgbdVitConfig.tiny("depth", mask_missing_depth_patches=False)).eval()
+    open_tower.load_state_dict(tower.state_dict())
+    inputs = make_inputs(2)
+    full_mask = torch.ones_like(inputs["depth_mask"])
+    _, key_mask = tower.embeddings(inputs["depth_values"], depth_mask=full_mask)
+    assert key_mask.shape == (2, TOKENS) and key_mask.all()
+    assert open_tower.embeddings(inputs["depth_values"], depth_mask=full_mask)[1] is None
+    for implementation in ("eager", "sdpa"):
+        tower.config._attn_implementation = open_tower.config._attn_implementation = implementation
+        masked = run(tower, depth_values=inputs["depth_values"], depth_mask=full_mask).last_hidden_state
+        unmasked = run(open_tower, depth_values=inputs["depth_values"], depth_mask=full_mask).last_hidden_state
+        torch.testing.assert_close(masked, unmasked, atol=1e-6, rtol=0)
+
+
+def test_capture_outputs_records_self_and_cross_attention_of_the_shared_layers():
+    # how a family with cross-attention layers records its outputs: one more recorder on the `crossattention` modules
+    from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions
+    from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+    from hf_rgbd.modeling import RgbdVitAttention, RgbdVitEncoder, RgbdVitPreTrainedModel
+
+    class CrossEncoderModel(RgbdVitPreTrainedModel):
+        _can_record_outputs = {
+            **RgbdVitPreTrainedModel._can_record_outputs,
+            "cross_attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="crossattention"),
+        }
+
+        def __init__(self, config):
+            super().__init__(config)
+            layers = [RgbdVitLayer(config, add_cross_attention=True) for _ in range(config.num_hidden_layers)]
+            self.encoder = RgbdVitEncoder(config, layers)
+            self.post_init()
+
+        @capture_outputs
+        def forward(self, hidden_states, encoder_hidden_states, **kwargs):
+            output = self.encoder(hidden_states, encoder_hidden_states=encoder_hidden_states, **kwargs)
+            return BaseModelOutputWithCrossAttentions(last_hidden_state=output.last_hidden_state)
+
+    torch.manual_seed(0)
+    model = CrossEncoderModel._from_config(RgbdVitConfig.tiny(), attn_implementation="eager").eval()
+    queries, context = torch.randn(2, 5, HIDDEN), torch.randn(2, 7, HIDDEN)
+    out = run(model, hidden_states=queries, encoder_hidden_states=context, output_attentions=True)
+    assert [tuple(a.shape) for a in out.attentions] == [(2, HEADS, 5, 5)] * LAYERS
+    assert [tuple(a.shape) for a in out.cross_attentions] == [(2, HEADS, 5, 7)] * LAYERS
+    assert out.hidden_states is None
+    out = run(model, hidden_states=queries, encoder_hidden_states=context, output_hidden_states=True)
+    assert len(out.hidden_states) == LAYERS + 1 and torch.equal(out.hidden_states[0], queries)
+    assert out.attentions is None and out.cross_attentions is None
 
 
 def test_attention_implementations_agree_with_holes_and_cross_attention():
@@ -184,21 +240,26 @@ def test_attention_implementations_agree_with_holes_and_cross_attention():
             config=config, inputs_embeds=queries, attention_mask=context_mask, encoder_hidden_states=context
         )
         with torch.no_grad():
-            hidden, _, _ = layer(queries, None, context, prepared, mlp_kwargs={"scale": 0.5})
+            hidden = layer(queries, None, context, prepared, mlp_kwargs={"scale": 0.5})
             changed = context.clone()
             changed[0, 3:] += 10.0  # masked context tokens change nothing
-            hidden_changed, _, _ = layer(queries, None, changed, prepared, mlp_kwargs={"scale": 0.5})
+            hidden_changed = layer(queries, None, changed, prepared, mlp_kwargs={"scale": 0.5})
         torch.testing.assert_close(hidden_changed, hidden, atol=0, rtol=0)
         results[implementation] = hidden
     torch.testing.assert_close(results["sdpa"], results["eager"], atol=1e-5, rtol=1e-4)
     assert calls and set(calls) == {0.5}
 
 
-def test_output_attentions_with_sdpa_falls_back_to_eager():
+def test_output_attentions_need_eager_as_in_transformers():
+    # as transformers 5 models (e.g. CLIPVisionModel): sdpa computes no weights, warns, and returns none of them
     torch.manual_seed(0)
     model = RgbdClipModel(tiny_config()).eval()
     assert model.config._attn_implementation == "sdpa"
-    out = run(model, **make_inputs(2), output_attentions=True)
+    out = run(model, **make_inputs(2), output_attentions=True, output_hidden_states=True)
+    assert out.attentions == () and out.rgb_model_output.attentions == () and len(out.hidden_states) == 2 * 3
+    torch.manual_seed(0)
+    eager = RgbdClipModel._from_config(tiny_config(), attn_implementation="eager").eval()
+    out = run(eager, **make_inputs(2), output_attentions=True)
     assert len(out.attentions) == 2 * LAYERS and out.attentions[0].shape == (2, HEADS, TOKENS, TOKENS)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, HEADS, TOKENS))
 
