@@ -75,6 +75,28 @@ class TestRgbdClipCommon(RgbdModelTestMixin):
 CONV_STEM = {"patch_embedding_type": "conv_stem"}
 
 
+class TestRgbdVitCommon(RgbdModelTestMixin):
+    """The common tests for one depth tower (registered for `AutoModel` like the other families)."""
+
+    model_classes = (RgbdVitModel,)
+    has_attentions = True
+    supports_sdpa = True
+    modality_options = ()
+
+    def get_config(self, **overrides) -> RgbdVitConfig:
+        return RgbdVitConfig.tiny("depth", **overrides)
+
+    def get_inputs(self, config: RgbdVitConfig, batch_size: int = 2) -> dict:
+        inputs = make_inputs(batch_size, depth_channels=config.num_channels)
+        return {"depth_values": inputs["depth_values"], "depth_mask": inputs["depth_mask"]}
+
+    def expected_hidden_state_shapes(self, config: RgbdVitConfig, batch_size: int) -> list[tuple[int, ...]]:
+        return [(batch_size, TOKENS, HIDDEN)] * (LAYERS + 1)
+
+    def expected_attention_shapes(self, config: RgbdVitConfig, batch_size: int) -> list[tuple[int, ...]]:
+        return [(batch_size, HEADS, TOKENS, TOKENS)] * LAYERS
+
+
 class TestRgbdClipConvStemCommon(TestRgbdClipCommon):
     """The same common tests with convolutional patch stems in both towers (batch norm: in training, a sample's
     output depends on the rest of its batch, so the gradient-accumulation loss matches only per micro-batch)."""
