@@ -194,6 +194,22 @@ def test_depth_key_mask_is_given_without_reading_the_mask():
         torch.testing.assert_close(masked, unmasked, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("patch_embedding_type", ["linear", "conv_stem"])
+def test_training_step_reads_no_tensor_value_on_the_host(monkeypatch, patch_embedding_type):
+    # a Python-level read of a tensor value (bool / item / tolist) would be a device sync in every training step
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    tower = {"patch_embedding_type": patch_embedding_type}
+    torch.manual_seed(0)
+    config = tiny_config(modality_dropout=(0.2, 0.3), rgb_config=tower, depth_config=tower)
+    model = RgbdClipForImageClassification(config).train()
+    inputs, labels = make_inputs(4), torch.tensor([0, 1, 2, 3])
+    for name in ("__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    model(**inputs, labels=labels).loss.backward()
+
+
 def test_capture_outputs_records_self_and_cross_attention_of_the_shared_layers():
     # how a family with cross-attention layers records its outputs: one more recorder on the `crossattention` modules
     from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions
