@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from model_test_mixin import RgbdModelTestMixin
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -73,6 +75,28 @@ class TestRgbdClipCommon(RgbdModelTestMixin):
 CONV_STEM = {"patch_embedding_type": "conv_stem"}
 
 
+class TestRgbdVitCommon(RgbdModelTestMixin):
+    """The common tests for one depth tower (registered for `AutoModel` like the other families)."""
+
+    model_classes = (RgbdVitModel,)
+    has_attentions = True
+    supports_sdpa = True
+    modality_options = ()
+
+    def get_config(self, **overrides) -> RgbdVitConfig:
+        return RgbdVitConfig.tiny("depth", **overrides)
+
+    def get_inputs(self, config: RgbdVitConfig, batch_size: int = 2) -> dict:
+        inputs = make_inputs(batch_size, depth_channels=config.num_channels)
+        return {"depth_values": inputs["depth_values"], "depth_mask": inputs["depth_mask"]}
+
+    def expected_hidden_state_shapes(self, config: RgbdVitConfig, batch_size: int) -> list[tuple[int, ...]]:
+        return [(batch_size, TOKENS, HIDDEN)] * (LAYERS + 1)
+
+    def expected_attention_shapes(self, config: RgbdVitConfig, batch_size: int) -> list[tuple[int, ...]]:
+        return [(batch_size, HEADS, TOKENS, TOKENS)] * LAYERS
+
+
 class TestRgbdClipConvStemCommon(TestRgbdClipCommon):
     """The same common tests with convolutional patch stems in both towers (batch norm: in training, a sample's
     output depends on the rest of its batch, so the gradient-accumulation loss matches only per micro-batch)."""
@@ -116,10 +140,11 @@ def test_depth_under_holes_changes_nothing(mask_missing, patch_embedding_type):
 def test_missing_depth_patch_is_replaced_and_masked_out_of_attention():
     torch.manual_seed(0)
     config = RgbdVitConfig.tiny("depth")
-    tower = RgbdVitModel(config).eval()
+    tower = RgbdVitModel._from_config(config, attn_implementation="eager").eval()  # attention weights need eager
     inputs = make_inputs(2)
     depth, mask = inputs["depth_values"], inputs["depth_mask"]
     out = run(tower, depth_values=depth, depth_mask=mask, output_attentions=True)
+    assert len(out.attentions) == LAYERS
     # no token attends to the missing patch (token 1 of sample 0); sample 1 has none missing
     for weights in out.attentions:
         assert weights[0, :, :, 1].abs().max() == 0
@@ -148,6 +173,77 @@ def test_missing_depth_patch_is_replaced_and_masked_out_of_attention():
         tower.embeddings.partial_hole_embedding.add_(torch.randn(HIDDEN))
     partial = run(tower, depth_values=depth, depth_mask=mask).pooler_output
     assert (partial - moved.pooler_output).abs().max() > 1e-3
+
+
+def test_depth_key_mask_is_given_without_reading_the_mask():
+    # the key mask does not depend on whether a patch is missing (no host read of the mask inside the forward);
+    # without missing patches it is all True and changes nothing
+    torch.manual_seed(0)
+    tower = RgbdVitModel(RgbdVitConfig.tiny("depth")).eval()
+    open_tower = RgbdVitModel(RgbdVitConfig.tiny("depth", mask_missing_depth_patches=False)).eval()
+    open_tower.load_state_dict(tower.state_dict())
+    inputs = make_inputs(2)
+    full_mask = torch.ones_like(inputs["depth_mask"])
+    _, key_mask = tower.embeddings(inputs["depth_values"], depth_mask=full_mask)
+    assert key_mask.shape == (2, TOKENS) and key_mask.all()
+    assert open_tower.embeddings(inputs["depth_values"], depth_mask=full_mask)[1] is None
+    for implementation in ("eager", "sdpa"):
+        tower.config._attn_implementation = open_tower.config._attn_implementation = implementation
+        masked = run(tower, depth_values=inputs["depth_values"], depth_mask=full_mask).last_hidden_state
+        unmasked = run(open_tower, depth_values=inputs["depth_values"], depth_mask=full_mask).last_hidden_state
+        torch.testing.assert_close(masked, unmasked, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("patch_embedding_type", ["linear", "conv_stem"])
+def test_training_step_reads_no_tensor_value_on_the_host(monkeypatch, patch_embedding_type):
+    # a Python-level read of a tensor value (bool / item / tolist) would be a device sync in every training step
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    tower = {"patch_embedding_type": patch_embedding_type}
+    torch.manual_seed(0)
+    config = tiny_config(modality_dropout=(0.2, 0.3), rgb_config=tower, depth_config=tower)
+    model = RgbdClipForImageClassification(config).train()
+    inputs, labels = make_inputs(4), torch.tensor([0, 1, 2, 3])
+    for name in ("__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    model(**inputs, labels=labels).loss.backward()
+
+
+def test_capture_outputs_records_self_and_cross_attention_of_the_shared_layers():
+    # how a family with cross-attention layers records its outputs: one more recorder on the `crossattention` modules
+    from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions
+    from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+    from hf_rgbd.modeling import RgbdVitAttention, RgbdVitEncoder, RgbdVitPreTrainedModel
+
+    class CrossEncoderModel(RgbdVitPreTrainedModel):
+        _can_record_outputs = {
+            **RgbdVitPreTrainedModel._can_record_outputs,
+            "cross_attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="crossattention"),
+        }
+
+        def __init__(self, config):
+            super().__init__(config)
+            layers = [RgbdVitLayer(config, add_cross_attention=True) for _ in range(config.num_hidden_layers)]
+            self.encoder = RgbdVitEncoder(config, layers)
+            self.post_init()
+
+        @capture_outputs
+        def forward(self, hidden_states, encoder_hidden_states, **kwargs):
+            output = self.encoder(hidden_states, encoder_hidden_states=encoder_hidden_states, **kwargs)
+            return BaseModelOutputWithCrossAttentions(last_hidden_state=output.last_hidden_state)
+
+    torch.manual_seed(0)
+    model = CrossEncoderModel._from_config(RgbdVitConfig.tiny(), attn_implementation="eager").eval()
+    queries, context = torch.randn(2, 5, HIDDEN), torch.randn(2, 7, HIDDEN)
+    out = run(model, hidden_states=queries, encoder_hidden_states=context, output_attentions=True)
+    assert [tuple(a.shape) for a in out.attentions] == [(2, HEADS, 5, 5)] * LAYERS
+    assert [tuple(a.shape) for a in out.cross_attentions] == [(2, HEADS, 5, 7)] * LAYERS
+    assert out.hidden_states is None
+    out = run(model, hidden_states=queries, encoder_hidden_states=context, output_hidden_states=True)
+    assert len(out.hidden_states) == LAYERS + 1 and torch.equal(out.hidden_states[0], queries)
+    assert out.attentions is None and out.cross_attentions is None
 
 
 def test_attention_implementations_agree_with_holes_and_cross_attention():
@@ -182,21 +278,26 @@ def test_attention_implementations_agree_with_holes_and_cross_attention():
             config=config, inputs_embeds=queries, attention_mask=context_mask, encoder_hidden_states=context
         )
         with torch.no_grad():
-            hidden, _, _ = layer(queries, None, context, prepared, mlp_kwargs={"scale": 0.5})
+            hidden = layer(queries, None, context, prepared, mlp_kwargs={"scale": 0.5})
             changed = context.clone()
             changed[0, 3:] += 10.0  # masked context tokens change nothing
-            hidden_changed, _, _ = layer(queries, None, changed, prepared, mlp_kwargs={"scale": 0.5})
+            hidden_changed = layer(queries, None, changed, prepared, mlp_kwargs={"scale": 0.5})
         torch.testing.assert_close(hidden_changed, hidden, atol=0, rtol=0)
         results[implementation] = hidden
     torch.testing.assert_close(results["sdpa"], results["eager"], atol=1e-5, rtol=1e-4)
     assert calls and set(calls) == {0.5}
 
 
-def test_output_attentions_with_sdpa_falls_back_to_eager():
+def test_output_attentions_need_eager_as_in_transformers():
+    # as transformers 5 models (e.g. CLIPVisionModel): sdpa computes no weights, warns, and returns none of them
     torch.manual_seed(0)
     model = RgbdClipModel(tiny_config()).eval()
     assert model.config._attn_implementation == "sdpa"
-    out = run(model, **make_inputs(2), output_attentions=True)
+    out = run(model, **make_inputs(2), output_attentions=True, output_hidden_states=True)
+    assert out.attentions == () and out.rgb_model_output.attentions == () and len(out.hidden_states) == 2 * 3
+    torch.manual_seed(0)
+    eager = RgbdClipModel._from_config(tiny_config(), attn_implementation="eager").eval()
+    out = run(eager, **make_inputs(2), output_attentions=True)
     assert len(out.attentions) == 2 * LAYERS and out.attentions[0].shape == (2, HEADS, TOKENS, TOKENS)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, HEADS, TOKENS))
 
@@ -218,9 +319,9 @@ def test_conv_stem_structure_and_validation():
     out = tower(depth_values=torch.rand(2, 1, 32, 32), depth_mask=torch.ones(2, 1, 32, 32, dtype=torch.bool))
     assert out.last_hidden_state.shape == (2, 1 + 16, 32)
     for bad in ({"patch_size": 6}, {"patch_size": (8, 16)}):
-        with pytest.raises(ValueError, match="conv_stem"):
+        with pytest.raises(StrictDataclassClassValidationError, match="conv_stem"):
             RgbdVitConfig.tiny(patch_embedding_type="conv_stem", **bad)
-    with pytest.raises(ValueError, match="patch_embedding_type"):
+    with pytest.raises(StrictDataclassFieldValidationError, match="patch_embedding_type"):
         RgbdVitConfig.tiny(patch_embedding_type="overlapping")
 
 
@@ -509,6 +610,19 @@ def test_from_vision_pretrained(tmp_path, kind):
         assert processor.image_processor.size == {"height": SIZE, "width": SIZE}
 
 
+def test_processor_from_vision_pretrained_lives_in_the_processors(tmp_path, monkeypatch):
+    import hf_rgbd.modeling
+    from hf_rgbd.processors import RgbdProcessor, processor_from_vision_pretrained
+
+    _save_vision_checkpoint(tmp_path, "vit")
+    processor = processor_from_vision_pretrained(str(tmp_path), image_size=48)
+    assert isinstance(processor, RgbdProcessor) and processor.image_processor.size == {"height": 48, "width": 48}
+    assert hf_rgbd.modeling.processor_from_vision_pretrained is processor_from_vision_pretrained  # old home
+    monkeypatch.setitem(sys.modules, "hf_rgbd.processors", None)  # as in copied remote code without hf_rgbd
+    with pytest.raises(ImportError, match="hf_rgbd package"):
+        RgbdClipModel.from_vision_pretrained(str(tmp_path), return_processor=True)
+
+
 def test_from_vision_pretrained_overrides_hha_and_image_size(tmp_path):
     source = _save_vision_checkpoint(tmp_path, "vit")
     model = RgbdClipModel.from_vision_pretrained(
@@ -565,26 +679,29 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         model(**make_inputs(2, size=36), interpolate_pos_encoding=True)
 
 
+FIELD_ERROR, CLASS_ERROR = StrictDataclassFieldValidationError, StrictDataclassClassValidationError
+
+
 @pytest.mark.parametrize(
-    "overrides, field",
+    "overrides, field, error",
     [
-        ({"modalities": "rgbx"}, "modalities"),
-        ({"modality_dropout": 1.5}, "modality_dropout"),
-        ({"modality_dropout": (0.7, 0.6)}, "modality_dropout"),
-        ({"modalities": "rgb", "modality_dropout": 0.1}, "modality_dropout"),
-        ({"projection_dim": 0}, "projection_dim"),
-        ({"classifier_dropout": 1.0}, "classifier_dropout"),
-        ({"auxiliary_loss_weight": -0.1}, "auxiliary_loss_weight"),
-        ({"modalities": "depth", "auxiliary_loss_weight": 0.5}, "auxiliary_loss_weight"),
-        ({"rgb_config": {"hidden_size": 31}}, "hidden_size"),
-        ({"depth_config": {"image_size": 30}}, "image_size"),
-        ({"depth_config": {"modality": "rgb"}}, "depth_config.modality"),
-        ({"rgb_config": {"modality": "sonar"}}, "modality"),
-        ({"rgb_config": {"position_embedding_init": "zeros"}}, "position_embedding_init"),
+        ({"modalities": "rgbx"}, "modalities", FIELD_ERROR),
+        ({"modality_dropout": 1.5}, "modality_dropout", CLASS_ERROR),
+        ({"modality_dropout": (0.7, 0.6)}, "modality_dropout", CLASS_ERROR),
+        ({"modalities": "rgb", "modality_dropout": 0.1}, "modality_dropout", CLASS_ERROR),
+        ({"projection_dim": 0}, "projection_dim", CLASS_ERROR),
+        ({"classifier_dropout": 1.0}, "classifier_dropout", CLASS_ERROR),
+        ({"auxiliary_loss_weight": -0.1}, "auxiliary_loss_weight", CLASS_ERROR),
+        ({"modalities": "depth", "auxiliary_loss_weight": 0.5}, "auxiliary_loss_weight", CLASS_ERROR),
+        ({"rgb_config": {"hidden_size": 31}}, "hidden_size", CLASS_ERROR),
+        ({"depth_config": {"image_size": 30}}, "image_size", CLASS_ERROR),
+        ({"depth_config": {"modality": "rgb"}}, "depth_config.modality", CLASS_ERROR),
+        ({"rgb_config": {"modality": "sonar"}}, "modality", FIELD_ERROR),
+        ({"rgb_config": {"position_embedding_init": "zeros"}}, "position_embedding_init", FIELD_ERROR),
     ],
 )
-def test_config_validation_names_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation_names_the_field(overrides, field, error):
+    with pytest.raises(error, match=field):
         if "modality" in overrides.get("depth_config", {}) or "modality" in overrides.get("rgb_config", {}):
             RgbdClipConfig(**overrides)
         else:

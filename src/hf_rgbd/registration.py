@@ -14,7 +14,7 @@ from .modeling import (
 )
 from .processors import RgbdImageProcessor, RgbdProcessor, RgbdProcessorConfig
 
-# (config, base model, classification model or None) of every model family
+# (config, base model, classification model or None) of every model family; RgbdVitModel is one tower
 MODEL_FAMILIES = (
     (RgbdVitConfig, RgbdVitModel, None),
     (RgbdClipConfig, RgbdClipModel, RgbdClipForImageClassification),
@@ -41,10 +41,9 @@ def register_auto_classes() -> None:
     for config_class, model_class, classification_class in MODEL_FAMILIES:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, model_class, exist_ok=True)
-        if classification_class is None:
-            continue
-        AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
         AutoProcessor.register(config_class, RgbdProcessor, exist_ok=True)
         config_class.register_for_auto_class("AutoConfig")
         model_class.register_for_auto_class("AutoModel")
-        classification_class.register_for_auto_class("AutoModelForImageClassification")
+        if classification_class is not None:
+            AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
+            classification_class.register_for_auto_class("AutoModelForImageClassification")

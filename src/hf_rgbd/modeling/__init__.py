@@ -9,7 +9,6 @@ from .modeling_rgbd_clip import (
     RgbdClipModel,
     RgbdClipOutput,
     RgbdClipPreTrainedModel,
-    processor_from_vision_pretrained,
     rgbd_contrastive_loss,
 )
 from .modeling_rgbd_cnn import (
@@ -48,7 +47,6 @@ __all__ = [
     "RgbdVitMLP",
     "RgbdVitModel",
     "RgbdVitPreTrainedModel",
-    "processor_from_vision_pretrained",
     "rgbd_contrastive_loss",
     "RgbdCnnConfig",
     "RgbdCnnForImageClassification",
@@ -57,3 +55,12 @@ __all__ = [
     "RgbdCnnModelOutput",
     "RgbdCnnPreTrainedModel",
 ]
+
+
+def __getattr__(name: str):
+    # moved to `hf_rgbd.processors`; still reachable here (imported lazily: modeling does not import processors)
+    if name == "processor_from_vision_pretrained":
+        from hf_rgbd.processors import processor_from_vision_pretrained
+
+        return processor_from_vision_pretrained
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

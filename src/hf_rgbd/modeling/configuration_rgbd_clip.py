@@ -9,12 +9,18 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .configuration_rgbd_common import RGBD_MODALITIES, check_shared_fields, is_number, normalize_modality_dropout
+from .configuration_rgbd_common import (
+    RGBD_MODALITIES,
+    RgbdModalities,
+    RgbdSharedConfigMixin,
+    check_positive_int,
+    normalize_modality_dropout,
+)
 from .configuration_rgbd_vit import RgbdVitConfig
 
 
 @strict
-class RgbdClipConfig(PreTrainedConfig):
+class RgbdClipConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     r"""Configuration of [`RgbdClipModel`] and [`RgbdClipForImageClassification`].
 
     An RGB ViT tower (`rgb_config`) and a depth ViT tower (`depth_config`), each followed by a linear projection to
@@ -28,7 +34,7 @@ class RgbdClipConfig(PreTrainedConfig):
         projection_dim (`int`, defaults to 512): size of the shared embedding space.
         logit_scale_init_value (`float`, defaults to 2.6592): initial `logit_scale` (log of 1/0.07), as CLIP. In
             the forward pass the scale is clamped to [0, log(100)].
-        modalities (`str`, defaults to `"rgbd"`): `"rgbd"`, `"rgb"` or `"depth"`; the field every hf_rgbd family
+        modalities (`Literal["rgbd", "rgb", "depth"]`, defaults to `"rgbd"`): the field every hf_rgbd family
             shares. With `"rgb"` / `"depth"` only that tower is built (ablations: the other modality's inputs are
             ignored; contrastive logits and loss need `"rgbd"`).
         modality_dropout (`float` or `(p_rgb, p_depth)`, defaults to `(0.0, 0.0)`): classification only.
@@ -44,6 +50,9 @@ class RgbdClipConfig(PreTrainedConfig):
             has to learn its own cues instead of leaning on the other modality).
         initializer_range (`float`, defaults to 0.02): std for the heads' initialisation.
         num_labels (`int`): classes of [`RgbdClipForImageClassification`].
+
+    Wrong types or choices raise `StrictDataclassFieldValidationError`, inconsistent values
+    `StrictDataclassClassValidationError`, both naming the field (a tower's own errors come from [`RgbdVitConfig`]).
     """
 
     model_type = "rgbd_clip"
@@ -56,7 +65,7 @@ class RgbdClipConfig(PreTrainedConfig):
     depth_config: dict | RgbdVitConfig | None = None
     projection_dim: int = 512
     logit_scale_init_value: float | int = 2.6592
-    modalities: str = "rgbd"
+    modalities: RgbdModalities = "rgbd"
     modality_dropout: list[float] | tuple[float, ...] | float = (0.0, 0.0)
     classifier_dropout: float | int = 0.0
     auxiliary_loss_weight: float | int = 0.0
@@ -69,20 +78,18 @@ class RgbdClipConfig(PreTrainedConfig):
             self.depth_config = {**self.depth_config, "modality": "depth"}
         self.modality_dropout = normalize_modality_dropout(self.modality_dropout)
         super().__post_init__(**kwargs)
-        self.check_fields()
 
-    def check_fields(self) -> None:
-        """Raise `ValueError` naming the first invalid field."""
-        if self.rgb_config.modality != "rgb":
-            raise ValueError(f"`rgb_config.modality` must be 'rgb', got {self.rgb_config.modality!r}.")
-        if self.depth_config.modality != "depth":
-            raise ValueError(f"`depth_config.modality` must be 'depth', got {self.depth_config.modality!r}.")
-        if not isinstance(self.projection_dim, int) or self.projection_dim < 1:
-            raise ValueError(f"`projection_dim` must be a positive int, got {self.projection_dim!r}.")
-        if not is_number(self.logit_scale_init_value):
-            raise ValueError(f"`logit_scale_init_value` must be a number, got {self.logit_scale_init_value!r}.")
-        check_shared_fields(self.modalities, self.modality_dropout, self.classifier_dropout)
-        if not is_number(self.auxiliary_loss_weight) or self.auxiliary_loss_weight < 0:
+    def validate_tower_modalities(self) -> None:
+        for name, modality in (("rgb_config", "rgb"), ("depth_config", "depth")):
+            tower = getattr(self, name)
+            if tower.modality != modality:
+                raise ValueError(f"`{name}.modality` must be {modality!r}, got {tower.modality!r}.")
+
+    def validate_projection_dim(self) -> None:
+        check_positive_int("projection_dim", self.projection_dim)
+
+    def validate_auxiliary_loss_weight(self) -> None:
+        if self.auxiliary_loss_weight < 0:
             raise ValueError(f"`auxiliary_loss_weight` must be a number >= 0, got {self.auxiliary_loss_weight!r}.")
         if self.auxiliary_loss_weight > 0 and self.modalities != "rgbd":
             raise ValueError(

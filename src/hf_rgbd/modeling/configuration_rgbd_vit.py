@@ -1,14 +1,21 @@
 """Configuration of one RGB-D vision-transformer tower (`RgbdVitConfig`).
 
-This file is part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so a saved model folder
+This file is part of the flat `hf_rgbd.modeling` folder (single-dot relative imports only), so a saved model folder
 carries it and loads with `trust_remote_code=True` where hf_rgbd is not installed.
 """
+
+from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-RGBD_TOWER_MODALITIES: tuple[str, ...] = ("rgb", "depth")
-PATCH_EMBEDDING_TYPES: tuple[str, ...] = ("linear", "conv_stem")
+from .configuration_rgbd_common import check_positive_int, check_probability
+
+RgbdTowerModality = Literal["rgb", "depth"]
+PatchEmbeddingType = Literal["linear", "conv_stem"]
+PositionEmbeddingInit = Literal["random", "sincos"]
+RGBD_TOWER_MODALITIES: tuple[str, ...] = get_args(RgbdTowerModality)
+PATCH_EMBEDDING_TYPES: tuple[str, ...] = get_args(PatchEmbeddingType)
 
 
 def _as_pair(value: int | list[int] | tuple[int, ...], name: str) -> tuple[int, int]:
@@ -34,7 +41,7 @@ class RgbdVitConfig(PreTrainedConfig):
     transformer families of hf_rgbd.
 
     Args:
-        modality (`str`, defaults to `"rgb"`): `"rgb"` or `"depth"`, the input this tower embeds.
+        modality (`Literal["rgb", "depth"]`, defaults to `"rgb"`): the input this tower embeds.
         num_channels (`int`, *optional*): input channels; default 3 for `"rgb"`, 1 for `"depth"` (3 for HHA).
         hidden_size (`int`, defaults to 768): width of the tokens.
         num_hidden_layers (`int`, defaults to 12): number of encoder layers.
@@ -54,20 +61,24 @@ class RgbdVitConfig(PreTrainedConfig):
         mask_missing_depth_patches (`bool`, defaults to `True`): depth only. A patch without any valid depth pixel
             is always replaced by the learned `missing_depth_embedding`; with this flag it is also removed from the
             attention keys, so it cannot influence any other token (it still has its own output row).
-        patch_embedding_type (`str`, defaults to `"linear"`): how patches become tokens. `"linear"`: one
+        patch_embedding_type (`Literal["linear", "conv_stem"]`, defaults to `"linear"`): how patches become tokens. `"linear"`: one
             `patch_size` x `patch_size` stride-`patch_size` projection (ViT / CLIP; what pretrained checkpoints hold).
             `"conv_stem"`: log2(`patch_size`) 3x3 stride-2 convolutions, widths doubling up to `hidden_size`, with
             batch norm and `hidden_act` between them (Xiao et al., 2021, "Early convolutions help transformers see
             better"): far more sample-efficient when training from scratch on little data. Needs a square
             power-of-two `patch_size`. Its batch norm makes training-mode outputs depend on the batch.
-        position_embedding_init (`str`, defaults to `"random"`): initialisation of the (always learned) position
+        position_embedding_init (`Literal["random", "sincos"]`, defaults to `"random"`): initialisation of the (always learned) position
             embeddings: `"random"` (truncated normal, as ViT) or `"sincos"` (2-D sine-cosine table, as MAE; the same
-            table in every tower, which helps towers trained from scratch on little data to agree on positions).
+            table in every tower, which helps towers trained from scratch on little data to agree on positions;
+            needs `hidden_size` divisible by 4).
+
+    Wrong types or choices raise `StrictDataclassFieldValidationError`, inconsistent values (sizes, probabilities,
+    `image_size` not a multiple of `patch_size`, ...) `StrictDataclassClassValidationError`, both naming the field.
     """
 
     model_type = "rgbd_vit"
 
-    modality: str = "rgb"
+    modality: RgbdTowerModality = "rgb"
     num_channels: int | None = None
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -84,37 +95,31 @@ class RgbdVitConfig(PreTrainedConfig):
     patch_embedding_bias: bool = True
     use_pre_layernorm: bool = False
     mask_missing_depth_patches: bool = True
-    position_embedding_init: str = "random"
-    patch_embedding_type: str = "linear"
+    position_embedding_init: PositionEmbeddingInit = "random"
+    patch_embedding_type: PatchEmbeddingType = "linear"
 
     def __post_init__(self, **kwargs):
-        if self.modality not in RGBD_TOWER_MODALITIES:
-            raise ValueError(f"`modality` must be one of {RGBD_TOWER_MODALITIES}, got {self.modality!r}.")
-        if self.position_embedding_init not in ("random", "sincos"):
-            raise ValueError(
-                f"`position_embedding_init` must be 'random' or 'sincos', got {self.position_embedding_init!r}."
-            )
-        if self.patch_embedding_type not in PATCH_EMBEDDING_TYPES:
-            raise ValueError(
-                f"`patch_embedding_type` must be one of {PATCH_EMBEDDING_TYPES}, got {self.patch_embedding_type!r}."
-            )
         if self.num_channels is None:
             self.num_channels = 3 if self.modality == "rgb" else 1
-        if self.num_channels < 1:
-            raise ValueError(f"`num_channels` must be positive, got {self.num_channels}.")
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)}.")
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Part of `@strict`-powered validation: positive sizes, heads dividing `hidden_size`."""
+        for name in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            check_positive_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
-        image_size = _as_pair(self.image_size, "image_size")
-        patch_size = _as_pair(self.patch_size, "patch_size")
+
+    def validate_dropout(self) -> None:
+        check_probability("hidden_dropout_prob", self.hidden_dropout_prob)
+        check_probability("attention_probs_dropout_prob", self.attention_probs_dropout_prob)
+
+    def validate_patch_grid(self) -> None:
+        """`image_size` a multiple of `patch_size`; a square power-of-two `patch_size` for the convolutional stem."""
+        image_size, patch_size = self.image_size_pair, self.patch_size_pair
         if self.patch_embedding_type == "conv_stem":
             side = patch_size[0]
             if patch_size[0] != patch_size[1] or side < 2 or side & (side - 1):
@@ -124,7 +129,12 @@ class RgbdVitConfig(PreTrainedConfig):
                 )
         if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
             raise ValueError(f"`image_size` {self.image_size} must be a multiple of `patch_size` {self.patch_size}.")
-        super().__post_init__(**kwargs)
+
+    def validate_position_embedding_init(self) -> None:
+        if self.position_embedding_init == "sincos" and self.hidden_size % 4:
+            raise ValueError(
+                f"`position_embedding_init='sincos'` needs `hidden_size` divisible by 4, got {self.hidden_size}."
+            )
 
     @property
     def image_size_pair(self) -> tuple[int, int]:
@@ -149,7 +159,7 @@ class RgbdVitConfig(PreTrainedConfig):
         return gh * gw
 
     @classmethod
-    def tiny(cls, modality: str = "rgb", **kwargs) -> "RgbdVitConfig":
+    def tiny(cls, modality: RgbdTowerModality = "rgb", **kwargs) -> "RgbdVitConfig":
         """A tiny tower for tests: hidden 32, 2 layers, 2 heads, image 32, patch 8."""
         defaults = dict(
             hidden_size=32,
@@ -163,7 +173,7 @@ class RgbdVitConfig(PreTrainedConfig):
         return cls(modality=modality, **defaults)
 
     @classmethod
-    def small(cls, modality: str = "rgb", **kwargs) -> "RgbdVitConfig":
+    def small(cls, modality: RgbdTowerModality = "rgb", **kwargs) -> "RgbdVitConfig":
         """A small tower for 64x64 inputs on a CPU, for training from scratch: hidden 128, 4 layers, 4 heads, MLP
         256, patch 16 (16 patches) made by a convolutional stem (`patch_embedding_type="conv_stem"`), sine-cosine
         initialised position embeddings."""
@@ -182,4 +192,11 @@ class RgbdVitConfig(PreTrainedConfig):
         return cls(modality=modality, **defaults)
 
 
-__all__ = ["PATCH_EMBEDDING_TYPES", "RGBD_TOWER_MODALITIES", "RgbdVitConfig"]
+__all__ = [
+    "PATCH_EMBEDDING_TYPES",
+    "RGBD_TOWER_MODALITIES",
+    "PatchEmbeddingType",
+    "PositionEmbeddingInit",
+    "RgbdTowerModality",
+    "RgbdVitConfig",
+]

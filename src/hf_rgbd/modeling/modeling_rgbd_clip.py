@@ -21,7 +21,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_rgbd_clip import RgbdClipConfig
@@ -243,44 +244,6 @@ def _load_tower_weights(tower: RgbdVitModel, weights: dict[str, torch.Tensor], s
         tower.embeddings.modality_type_embedding.zero_()
 
 
-def processor_from_vision_pretrained(
-    pretrained_model_name_or_path: str,
-    image_size: int | tuple[int, int] | None = None,
-    depth_image_processor: Any = None,
-    **pretrained_kwargs: Any,
-) -> Any:
-    """An `RgbdProcessor` whose RGB normalisation matches a ViT / CLIP checkpoint.
-
-    `image_mean`, `image_std`, `do_rescale` / `rescale_factor` come from the checkpoint's image-processor config
-    (`preprocessor_config.json`) when it has one (defaults otherwise); the output size is `image_size` (default:
-    the checkpoint's `image_size`). `depth_image_processor` defaults to `RgbdDepthProcessor()`. Needs hf_rgbd.
-    """
-    try:
-        from hf_rgbd.processors import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-    except ImportError as error:  # the copied remote code runs without hf_rgbd
-        raise ImportError("processor_from_vision_pretrained needs the hf_rgbd package.") from error
-    from transformers import AutoConfig
-    from transformers.image_processing_base import ImageProcessingMixin
-
-    if image_size is None:
-        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
-        vision_config = getattr(source_config, "vision_config", None) or source_config
-        image_size = vision_config.image_size
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    try:
-        checkpoint_dict, _ = ImageProcessingMixin.get_image_processor_dict(
-            pretrained_model_name_or_path, **pretrained_kwargs
-        )
-    except OSError:
-        checkpoint_dict = {}
-    image_kwargs: dict[str, Any] = {"size": {"height": int(height), "width": int(width)}}
-    for name in ("image_mean", "image_std", "do_rescale", "rescale_factor", "do_normalize"):
-        if checkpoint_dict.get(name) is not None:
-            image_kwargs[name] = checkpoint_dict[name]
-    depth_image_processor = RgbdDepthProcessor() if depth_image_processor is None else depth_image_processor
-    return RgbdProcessor(RgbdImageProcessor(**image_kwargs), depth_image_processor)
-
-
 # --------------------------------------------------------------------------------------------------------- models
 class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
     """Initialisation, class attributes and `from_vision_pretrained` shared by the dual-encoder models."""
@@ -335,7 +298,7 @@ class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
         Args:
             pretrained_model_name_or_path: hub id or local folder (anything `AutoModel.from_pretrained` accepts).
             return_processor: also return an `RgbdProcessor` with the checkpoint's `image_mean` / `image_std`
-                (see [`processor_from_vision_pretrained`]); needs hf_rgbd.
+                (see `hf_rgbd.processors.processor_from_vision_pretrained`); needs hf_rgbd.
             pretrained_kwargs: passed to `AutoConfig` / `AutoModel` / the processor lookup (`revision`, `cache_dir`,
                 `local_files_only`, `token`, ...).
             config_overrides: `RgbdClipConfig` fields (`projection_dim`, `num_labels`, `modalities`, ...);
@@ -394,6 +357,12 @@ class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
         del source_model
         model.eval()
         if return_processor:
+            try:
+                from hf_rgbd.processors import processor_from_vision_pretrained
+            except ImportError as error:  # the copied remote code runs without hf_rgbd
+                raise ImportError(
+                    "`return_processor=True` (processor_from_vision_pretrained) needs the hf_rgbd package."
+                ) from error
             processor = processor_from_vision_pretrained(
                 pretrained_model_name_or_path, image_size=config.rgb_config.image_size, **pretrained_kwargs
             )
@@ -426,23 +395,21 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
         tower = self.rgb_model if self.rgb_model is not None else self.depth_model
         return tower.get_input_embeddings()
 
-    def _output_flags(
-        self, tower: RgbdVitModel, output_attentions: bool | None, output_hidden_states: bool | None
-    ) -> dict[str, bool]:
-        """Explicit flags win; otherwise this model's config or the tower's config asks for the outputs."""
-        if output_attentions is None:
-            output_attentions = bool(self.config.output_attentions or tower.config.output_attentions)
-        if output_hidden_states is None:
-            output_hidden_states = bool(self.config.output_hidden_states or tower.config.output_hidden_states)
-        return {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+    def _tower_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` for a tower call: an output flag this model's config asks for is passed on unless the caller set
+        it (a tower's `capture_outputs` reads only the tower's config)."""
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        for flag in ("output_hidden_states", "output_attentions"):
+            if flag not in kwargs and getattr(self.config, flag, False):
+                kwargs[flag] = True
+        return kwargs
 
     @can_return_tuple
     def get_rgb_features(
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """RGB tower output whose `pooler_output` is the projected (not normalised) embedding (B, projection_dim),
         as `CLIPModel.get_image_features` returns it. `pixel_values`: (B, 3, H, W)."""
@@ -453,8 +420,8 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
         outputs = self.rgb_model(
             pixel_values=pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            **self._output_flags(self.rgb_model, output_attentions, output_hidden_states),
             return_dict=True,
+            **self._tower_kwargs(kwargs),
         )
         outputs.pooler_output = self.rgb_projection(outputs.pooler_output)
         return outputs
@@ -465,8 +432,7 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
         depth_values: torch.Tensor,
         depth_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Depth tower output whose `pooler_output` is the projected (not normalised) embedding
         (B, projection_dim). `depth_values`: (B, C_d, H, W); `depth_mask`: (B, 1, H, W) bool, False at holes."""
@@ -478,8 +444,8 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
             depth_values=depth_values,
             depth_mask=depth_mask,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            **self._output_flags(self.depth_model, output_attentions, output_hidden_states),
             return_dict=True,
+            **self._tower_kwargs(kwargs),
         )
         outputs.pooler_output = self.depth_projection(outputs.pooler_output)
         return outputs
@@ -496,8 +462,7 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
         depth_mask: torch.Tensor | None = None,
         return_loss: bool = True,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> RgbdClipOutput:
         """Contrastive RGB <-> depth scores for paired batches (pair i is RGB i with depth i).
 
@@ -507,6 +472,8 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
             depth_mask: (B, 1, H, W) bool, False at depth holes (None: all valid).
             return_loss: compute the symmetric contrastive loss (default True, so `Trainer` gets a loss).
             interpolate_pos_encoding: accept sizes other than the configured image sizes.
+            kwargs: `output_hidden_states`, `output_attentions` (eager attention only), `return_dict`; the output
+                flags default to this model's config, then to the towers' configs.
 
         Returns:
             [`RgbdClipOutput`]; `logits_per_rgb` (B, B) = exp(clamped logit_scale) * cos(rgb_i, depth_j). With
@@ -523,11 +490,7 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
                 f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
                 f"{pixel_values.shape[0]} and {depth_values.shape[0]}."
             )
-        kwargs = dict(
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        kwargs.update(interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         rgb_outputs = self.get_rgb_features(pixel_values, **kwargs) if "rgb" in active else None
         depth_outputs = self.get_depth_features(depth_values, depth_mask, **kwargs) if "depth" in active else None
         rgb_embeds = F.normalize(rgb_outputs.pooler_output, dim=-1) if rgb_outputs is not None else None
@@ -595,8 +558,7 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
         depth_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> RgbdClipImageClassifierOutput:
         """Classify RGB-D pairs.
 
@@ -605,6 +567,9 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
             depth_values: (B, C_d, H, W); required with `modalities="depth"`, optional with `"rgbd"`.
             depth_mask: (B, 1, H, W) bool, False at depth holes.
             labels: (B,) class indices (or per `config.problem_type`); gives `loss`.
+            interpolate_pos_encoding: accept sizes other than the configured image sizes.
+            kwargs: `output_hidden_states`, `output_attentions` (eager attention only), `return_dict`; the output
+                flags default to this model's config, then to the towers' configs.
 
         Returns:
             [`RgbdClipImageClassifierOutput`] with `logits` (B, num_labels).
@@ -626,11 +591,7 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
         if labels is not None:
             check_labels(labels, (pixel_values if use_rgb else depth_values).shape[0])
 
-        kwargs = dict(
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        kwargs.update(interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         rgb_outputs = self.rgbd_clip.get_rgb_features(pixel_values, **kwargs) if use_rgb else None
         depth_outputs = self.rgbd_clip.get_depth_features(depth_values, depth_mask, **kwargs) if use_depth else None
         reference = rgb_outputs if rgb_outputs is not None else depth_outputs
@@ -684,6 +645,5 @@ __all__ = [
     "RgbdClipModel",
     "RgbdClipOutput",
     "RgbdClipPreTrainedModel",
-    "processor_from_vision_pretrained",
     "rgbd_contrastive_loss",
 ]

@@ -7,12 +7,14 @@ modality experts):
   ViT / CLIP checkpoints), or [`RgbdConvStem`] (`patch_embedding_type="conv_stem"`) for training from scratch.
 * [`RgbdVitEmbeddings`]: one modality stream: patches + [CLS] + learned position embeddings + a learned
   modality-type embedding. For depth it also implements the hole handling described below.
-* [`RgbdVitAttention`]: multi-head attention through the transformers attention interface (sdpa by default,
-  eager when attention weights are requested); self- or cross-attention (`key_value_states`).
+* [`RgbdVitAttention`]: multi-head attention through the transformers attention interface (sdpa by default; only
+  eager computes attention weights, as in transformers); self- or cross-attention (`key_value_states`).
 * [`RgbdVitMLP`]: the feed-forward block; [`RgbdVitLayer`] accepts any other module in its place (e.g. modality
   experts), called as `mlp(hidden_states, **mlp_kwargs)`.
 * [`RgbdVitLayer`]: pre-norm block (self-attention, optional cross-attention, MLP), a `GradientCheckpointingLayer`.
-* [`RgbdVitEncoder`]: a stack of layers that collects hidden states and attention weights on request.
+* [`RgbdVitEncoder`]: a stack of layers. Hidden states and attention weights are recorded by transformers' output
+  capturing (`_can_record_outputs` of the `PreTrainedModel` holding the layers, `@capture_outputs` on its forward),
+  not collected by the encoder.
 
 Depth holes (`depth_mask` False) are handled explicitly in [`RgbdVitEmbeddings`]:
 
@@ -42,12 +44,15 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import logging
-from transformers.utils.generic import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_rgbd_vit import RgbdVitConfig
+from .modeling_rgbd_common import RgbdAutoMapMixin, check_depth_mask, check_image_tensor
 
 logger = logging.get_logger(__name__)
 
@@ -110,21 +115,8 @@ class RgbdPatchEmbeddings(nn.Module):
 
     def check_input(self, values: torch.Tensor, input_name: str, interpolate_pos_encoding: bool) -> None:
         """Raise a ValueError naming `input_name` when `values` (B, C, H, W) does not fit this embedding."""
-        if not isinstance(values, torch.Tensor) or not values.is_floating_point():
-            raise ValueError(
-                f"`{input_name}` must be a floating-point torch.Tensor, got "
-                f"{getattr(values, 'dtype', type(values).__name__)}."
-            )
-        if values.dim() != 4:
-            raise ValueError(
-                f"`{input_name}` must be (batch, channels, height, width), got shape {tuple(values.shape)}."
-            )
-        _, channels, height, width = values.shape
-        if channels != self.num_channels:
-            raise ValueError(
-                f"`{input_name}` has {channels} channels but the model expects {self.num_channels} "
-                f"(config.num_channels)."
-            )
+        check_image_tensor(values, input_name, self.num_channels, "config.num_channels")
+        height, width = values.shape[-2:]
         if height % self.patch_size[0] or width % self.patch_size[1]:
             raise ValueError(
                 f"`{input_name}` size ({height}x{width}) is not a multiple of the patch size "
@@ -205,7 +197,9 @@ class RgbdVitEmbeddings(nn.Module):
 
         Returns:
             `embeddings` (B, 1 + N, D) and `key_mask` (B, 1 + N) bool, False for tokens to drop from the attention
-            keys (patches without any valid depth), or None when every token may be attended to.
+            keys (patches without any valid depth). It is given whenever a depth stream with
+            `config.mask_missing_depth_patches` gets a `depth_mask` (all True when no patch is missing: deciding
+            that would read the mask on the host), None otherwise.
         """
         self.patch_embeddings.check_input(values, self.input_name, interpolate_pos_encoding)
         batch_size, _, height, width = values.shape
@@ -222,7 +216,7 @@ class RgbdVitEmbeddings(nn.Module):
             embeddings = torch.where(
                 missing.unsqueeze(-1), self.missing_depth_embedding.to(embeddings.dtype), embeddings
             )
-            if self.config.mask_missing_depth_patches and bool(missing.any()):
+            if self.config.mask_missing_depth_patches:
                 key_mask = torch.cat([missing.new_ones(batch_size, 1), ~missing], dim=1)
         else:
             embeddings = self.patch_embeddings(values)
@@ -255,21 +249,6 @@ def sincos_position_embeddings(grid_size: tuple[int, int], dim: int) -> torch.Te
         parts.extend([torch.sin(angles), torch.cos(angles)])
     table = torch.cat(parts, dim=1).to(torch.float32)
     return torch.cat([torch.zeros(1, dim), table], dim=0).unsqueeze(0)
-
-
-def check_depth_mask(depth_mask: torch.Tensor, depth_values: torch.Tensor) -> torch.Tensor:
-    """Validate `depth_mask` against `depth_values` (B, C, H, W) and return it as (B, 1, H, W) bool."""
-    if depth_mask.dim() == 3:
-        depth_mask = depth_mask.unsqueeze(1)
-    expected = (depth_values.shape[0], 1, *depth_values.shape[-2:])
-    if depth_mask.dim() != 4 or tuple(depth_mask.shape) != expected:
-        raise ValueError(
-            f"`depth_mask` must have shape {expected} (batch, 1, height, width) like `depth_values`, "
-            f"got {tuple(depth_mask.shape)}."
-        )
-    if depth_mask.dtype != torch.bool:
-        depth_mask = depth_mask != 0
-    return depth_mask
 
 
 def resize_position_embeddings(
@@ -314,8 +293,9 @@ class RgbdVitAttention(nn.Module):
     """Multi-head attention through `ALL_ATTENTION_FUNCTIONS` (`config._attn_implementation`, sdpa by default).
 
     Self-attention by default; cross-attention when `key_value_states` is given (queries from `hidden_states`, keys
-    and values from `key_value_states`). Attention weights are only computed by the eager path: requesting them
-    (`output_attentions=True`) runs this call with eager attention whatever the configured implementation.
+    and values from `key_value_states`). Returns `(output, weights)` like `CLIPAttention`: only the eager
+    implementation computes the weights; sdpa returns None for them (and transformers warns when
+    `output_attentions=True` reaches it).
     """
 
     def __init__(self, config: RgbdVitConfig):
@@ -337,8 +317,7 @@ class RgbdVitAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states (B, Lq, D), key_value_states (B, Lk, D) or None, attention_mask as prepared by
         `create_bidirectional_mask` (or None). Returns output (B, Lq, D) and weights (B, H, Lq, Lk) or None."""
@@ -351,8 +330,9 @@ class RgbdVitAttention(nn.Module):
         key = self.k_proj(source).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(source).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
 
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         output, weights = attention_interface(
             self,
             query,
@@ -364,7 +344,7 @@ class RgbdVitAttention(nn.Module):
             **kwargs,
         )
         output = output.reshape(batch_size, query_length, self.num_heads * self.head_dim)
-        return self.o_proj(output), (weights if output_attentions else None)
+        return self.o_proj(output), weights
 
 
 class RgbdVitMLP(nn.Module):
@@ -389,7 +369,8 @@ class RgbdVitLayer(GradientCheckpointingLayer):
     then `x = x + MLP(LN(x))`. Any module can replace the MLP (`mlp=`): it is called as
     `mlp(hidden_states, **mlp_kwargs)` (e.g. modality experts routed by `mlp_kwargs={"modality_ids": ...}`).
 
-    Returns a tuple `(hidden_states (B, L, D), self_attention_weights | None, cross_attention_weights | None)`.
+    Returns the hidden states (B, L, D). The attention weights are recorded from the `attention` /
+    `crossattention` submodules by the model's `_can_record_outputs`.
     """
 
     def __init__(self, config: RgbdVitConfig, mlp: nn.Module | None = None, add_cross_attention: bool = False):
@@ -412,38 +393,35 @@ class RgbdVitLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
         mlp_kwargs: dict[str, Any] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attention_output, self_weights = self.attention(
-            self.layernorm_before(hidden_states), attention_mask, output_attentions=output_attentions
-        )
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + self.dropout(attention_output)
 
-        cross_weights = None
         if self.crossattention is not None:
             if encoder_hidden_states is None:
                 raise ValueError(
                     "`encoder_hidden_states` is required by a layer built with `add_cross_attention=True`."
                 )
-            cross_output, cross_weights = self.crossattention(
+            cross_output, _ = self.crossattention(
                 self.layernorm_cross(hidden_states),
                 encoder_attention_mask,
                 key_value_states=encoder_hidden_states,
-                output_attentions=output_attentions,
+                **kwargs,
             )
             hidden_states = hidden_states + self.dropout(cross_output)
 
         mlp_output = self.mlp(self.layernorm_after(hidden_states), **(mlp_kwargs or {}))
-        hidden_states = hidden_states + self.dropout(mlp_output)
-        return hidden_states, self_weights, cross_weights
+        return hidden_states + self.dropout(mlp_output)
 
 
 class RgbdVitEncoder(nn.Module):
     """A stack of [`RgbdVitLayer`] (or compatible layers passed as `layers`).
 
     Masks are given as key masks: `attention_mask` (B, L) bool, True where a token may be attended to (or an
-    already prepared 4-D mask); they are converted for the configured attention implementation once per call.
+    already prepared 4-D mask); they are converted for the configured attention implementation once per call, and
+    always applied (never read on the host to decide whether they could be skipped).
     """
 
     def __init__(self, config: RgbdVitConfig, layers: list[nn.Module] | None = None):
@@ -460,18 +438,16 @@ class RgbdVitEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
         mlp_kwargs: dict[str, Any] | None = None,
-    ) -> BaseModelOutputWithCrossAttentions:
-        """hidden_states (B, L, D) -> `BaseModelOutputWithCrossAttentions` (not final-normed).
-
-        `hidden_states` of the output holds the input and every layer's output (`num_layers + 1` tensors);
-        `attentions` / `cross_attentions` hold (B, H, L, L_k) weights per layer.
-        """
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """hidden_states (B, L, D) -> `BaseModelOutput` with the last layer's output (B, L, D), not final-normed."""
         if attention_mask is not None:
             attention_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+                config=self.config,
+                inputs_embeds=hidden_states,
+                attention_mask=attention_mask,
+                allow_is_bidirectional_skip=False,
             )
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_attention_mask = create_bidirectional_mask(
@@ -479,45 +455,42 @@ class RgbdVitEncoder(nn.Module):
                 inputs_embeds=hidden_states,
                 attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
+                allow_is_bidirectional_skip=False,
             )
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        all_cross_attentions = [] if output_attentions and encoder_hidden_states is not None else None
         for layer in self.layers:
-            hidden_states, self_weights, cross_weights = layer(
+            hidden_states = layer(
                 hidden_states,
                 attention_mask,
                 encoder_hidden_states,
                 encoder_attention_mask,
-                output_attentions=output_attentions,
                 mlp_kwargs=mlp_kwargs,
+                **kwargs,
             )
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            if output_attentions:
-                all_attentions.append(self_weights)
-                if all_cross_attentions is not None:
-                    all_cross_attentions.append(cross_weights)
-        return BaseModelOutputWithCrossAttentions(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross_attentions) if all_cross_attentions is not None else None,
-        )
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 # ------------------------------------------------------------------------------------------------------ models
-class RgbdVitPreTrainedModel(PreTrainedModel):
-    """Weight initialisation and class attributes shared by hf_rgbd's ViT-based models."""
+class RgbdVitPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
+    """Weight initialisation and class attributes shared by hf_rgbd's ViT-based models.
+
+    `_can_record_outputs` records `hidden_states` from every [`RgbdVitLayer`] (the first entry is the input of the
+    first layer) and `attentions` from their self-attention; a model whose layers have cross-attention adds
+    `"cross_attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="crossattention")`.
+    """
 
     config_class = RgbdVitConfig
     config: RgbdVitConfig
+    auto_map_classes = {"AutoModel": "RgbdVitModel"}
     base_model_prefix = "rgbd_vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["RgbdVitEmbeddings", "RgbdVitLayer"]
     _supports_sdpa = True
+    _can_record_outputs = {
+        "hidden_states": RgbdVitLayer,
+        "attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="attention"),
+    }
     accepts_loss_kwargs = False
 
     @torch.no_grad()
@@ -529,7 +502,7 @@ class RgbdVitPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         if isinstance(module, RgbdVitEmbeddings):
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-            if getattr(module.config, "position_embedding_init", "random") == "sincos":
+            if module.config.position_embedding_init == "sincos":
                 table = sincos_position_embeddings(module.grid_size, module.position_embeddings.shape[-1])
                 init.copy_(module.position_embeddings, table.to(module.position_embeddings.dtype))
             else:
@@ -559,15 +532,15 @@ class RgbdVitModel(RgbdVitPreTrainedModel):
     def get_input_embeddings(self) -> RgbdPatchEmbeddings:
         return self.embeddings.patch_embeddings
 
-    @can_return_tuple
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         depth_values: torch.Tensor | None = None,
         depth_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Encode this tower's modality (the other modality's inputs are ignored).
 
@@ -576,16 +549,14 @@ class RgbdVitModel(RgbdVitPreTrainedModel):
             depth_values: (B, C_d, H, W) depth representation; required when `config.modality == "depth"`.
             depth_mask: (B, 1, H, W) bool, False at depth holes (None: all valid).
             interpolate_pos_encoding: accept H, W other than `config.image_size`.
-            output_attentions / output_hidden_states: default to the config's values.
+            kwargs: `output_hidden_states`, `output_attentions` (eager attention only), `return_dict`; they default
+                to the config's values.
 
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` (B, 1 + N, D) final-normed, `pooler_output` (B, D)
-            the final-normed [CLS], `hidden_states` (num_layers + 1 tensors), `attentions` (B, H, 1+N, 1+N) each.
+            the final-normed [CLS], `hidden_states` (num_layers + 1 tensors (B, 1 + N, D): the input of the first
+            layer, then every layer's output before the final LayerNorm), `attentions` (B, H, 1 + N, 1 + N) per layer.
         """
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
         if self.config.modality == "rgb":
             if pixel_values is None:
                 raise ValueError("`pixel_values` is required by an RGB tower (config.modality='rgb').")
@@ -599,19 +570,9 @@ class RgbdVitModel(RgbdVitPreTrainedModel):
         )
         if self.pre_layernorm is not None:
             embeddings = self.pre_layernorm(embeddings)
-        encoder_outputs = self.encoder(
-            embeddings,
-            attention_mask=key_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        encoder_outputs = self.encoder(embeddings, attention_mask=key_mask, **kwargs)
         sequence_output = self.layernorm(encoder_outputs.last_hidden_state)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output,
-            pooler_output=sequence_output[:, 0],
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
-        )
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from .depth_processing_rgbd import (
 )
 from .geometry_rgbd import ResizeCropPlan
 from .image_processing_rgbd import RgbdImageProcessor
-from .processing_rgbd import RgbdProcessor, RgbdProcessorConfig
+from .processing_rgbd import RgbdProcessor, RgbdProcessorConfig, processor_from_vision_pretrained
 
 __all__ = [
     "DEPTH_ENCODINGS",
@@ -23,4 +23,5 @@ __all__ = [
     "RgbdProcessorConfig",
     "decode_sunrgbd_depth",
     "depth_token_ids",
+    "processor_from_vision_pretrained",
 ]

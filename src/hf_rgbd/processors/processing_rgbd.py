@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.image_processing_base import ImageProcessingMixin
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -159,3 +160,35 @@ class RgbdProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return self.image_processor.model_input_names + self.depth_image_processor.model_input_names
+
+
+def processor_from_vision_pretrained(
+    pretrained_model_name_or_path: str,
+    image_size: int | tuple[int, int] | None = None,
+    depth_image_processor: RgbdDepthProcessor | None = None,
+    **pretrained_kwargs: Any,
+) -> RgbdProcessor:
+    """An [`RgbdProcessor`] whose RGB normalisation matches a ViT / CLIP checkpoint.
+
+    `image_mean`, `image_std`, `do_rescale` / `rescale_factor` come from the checkpoint's image-processor config
+    (`preprocessor_config.json`) when it has one (defaults otherwise); the output size is `image_size` (default:
+    the checkpoint's `image_size`). `depth_image_processor` defaults to `RgbdDepthProcessor()`.
+    `pretrained_kwargs` go to the config / processor lookup (`revision`, `cache_dir`, `local_files_only`, ...).
+    """
+    if image_size is None:
+        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
+        vision_config = getattr(source_config, "vision_config", None) or source_config
+        image_size = vision_config.image_size
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    try:
+        checkpoint_dict, _ = ImageProcessingMixin.get_image_processor_dict(
+            pretrained_model_name_or_path, **pretrained_kwargs
+        )
+    except OSError:
+        checkpoint_dict = {}
+    image_kwargs: dict[str, Any] = {"size": {"height": int(height), "width": int(width)}}
+    for name in ("image_mean", "image_std", "do_rescale", "rescale_factor", "do_normalize"):
+        if checkpoint_dict.get(name) is not None:
+            image_kwargs[name] = checkpoint_dict[name]
+    depth_image_processor = RgbdDepthProcessor() if depth_image_processor is None else depth_image_processor
+    return RgbdProcessor(RgbdImageProcessor(**image_kwargs), depth_image_processor)
