@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from model_test_mixin import RgbdModelTestMixin
 from transformers import AutoProcessor, ResNetConfig, ResNetForImageClassification, ResNetModel
 
@@ -339,30 +340,33 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         depth_model(pixel_values=good["pixel_values"])
 
 
+FIELD_ERROR, CLASS_ERROR = StrictDataclassFieldValidationError, StrictDataclassClassValidationError
+
+
 @pytest.mark.parametrize(
-    "kwargs, field",
+    "kwargs, field, error",
     [
-        ({"fusion_type": "late"}, "fusion_type"),
-        ({"feature_fusion": "max"}, "feature_fusion"),
-        ({"modalities": "rgbdt"}, "modalities"),
-        ({"depth_channels": 2}, "depth_channels"),
-        ({"layer_type": "dense"}, "layer_type"),
-        ({"hidden_sizes": [8, 16, 32]}, "hidden_sizes"),
-        ({"depths": [1, 0]}, "depths"),
-        ({"embedding_size": 0}, "embedding_size"),
-        ({"modality_dropout": (0.6, 0.6)}, "modality_dropout"),
-        ({"modality_dropout": (0.1, 0.2, 0.3)}, "modality_dropout"),
-        ({"modality_dropout": -0.1}, "modality_dropout"),
-        ({"modalities": "rgb", "modality_dropout": 0.2}, "modality_dropout"),
-        ({"num_channels": 4}, "num_channels"),
-        ({"use_depth_mask": "yes"}, "use_depth_mask"),
-        ({"fill_depth_holes": 1}, "fill_depth_holes"),
-        ({"classifier_dropout": 1.0}, "classifier_dropout"),
-        ({"se_reduction": 0}, "se_reduction"),
+        ({"fusion_type": "late"}, "fusion_type", FIELD_ERROR),
+        ({"feature_fusion": "max"}, "feature_fusion", FIELD_ERROR),
+        ({"modalities": "rgbdt"}, "modalities", FIELD_ERROR),
+        ({"depth_channels": 2}, "depth_channels", FIELD_ERROR),
+        ({"layer_type": "dense"}, "layer_type", FIELD_ERROR),
+        ({"hidden_sizes": [8, 16, 32]}, "hidden_sizes", CLASS_ERROR),
+        ({"depths": [1, 0]}, "depths", CLASS_ERROR),
+        ({"embedding_size": 0}, "embedding_size", CLASS_ERROR),
+        ({"modality_dropout": (0.6, 0.6)}, "modality_dropout", CLASS_ERROR),
+        ({"modality_dropout": (0.1, 0.2, 0.3)}, "modality_dropout", CLASS_ERROR),
+        ({"modality_dropout": -0.1}, "modality_dropout", CLASS_ERROR),
+        ({"modalities": "rgb", "modality_dropout": 0.2}, "modality_dropout", CLASS_ERROR),
+        ({"num_channels": 4}, "num_channels", FIELD_ERROR),
+        ({"use_depth_mask": "yes"}, "use_depth_mask", FIELD_ERROR),
+        ({"fill_depth_holes": 1}, "fill_depth_holes", FIELD_ERROR),
+        ({"classifier_dropout": 1.0}, "classifier_dropout", CLASS_ERROR),
+        ({"se_reduction": 0}, "se_reduction", CLASS_ERROR),
     ],
 )
-def test_config_validation(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation(kwargs, field, error):
+    with pytest.raises(error, match=field):
         tiny_config(**kwargs)
 
 

@@ -441,7 +441,6 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
 
     def __init__(self, config: RgbdCnnConfig) -> None:
         super().__init__(config)
-        config.check_fields()
         self.rgb_stream: RgbdCnnStream | None = None
         self.depth_stream: RgbdCnnStream | None = None
         self.rgbd_stream: RgbdCnnStream | None = None
