@@ -37,7 +37,13 @@ from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetSt
 from transformers.utils import ModelOutput, logging
 
 from .configuration_rgbd_cnn import RgbdCnnConfig
-from .modeling_rgbd_common import RgbdAutoMapMixin, check_labels, draw_modality_dropout
+from .modeling_rgbd_common import (
+    RgbdAutoMapMixin,
+    check_depth_mask,
+    check_image_tensor,
+    check_labels,
+    draw_modality_dropout,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -121,8 +127,8 @@ class RgbdCnnDepthNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
+        self.running_mean = nn.Buffer(torch.zeros(channels))
+        self.running_var = nn.Buffer(torch.ones(channels))
 
     def forward(self, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """depth (B, C, H, W), mask (B, 1, H, W) bool -> (B, C, H, W), 0 where `mask` is False."""
@@ -304,27 +310,22 @@ class RgbdCnnPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ResNetConvLayer", "ResNetShortCut"]
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
+            # ResNet's initialisation instead of transformers' normal(0, 0.02)
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            # torch's own Linear initialisation
+            # torch's own Linear initialisation instead of transformers' normal(0, 0.02), as ResNet
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 fan_in = module.weight.shape[1]
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            if getattr(module, "num_batches_tracked", None) is not None:
-                init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, RgbdCnnDepthNorm):
+        else:
+            super()._init_weights(module)  # batch norms: weight 1, bias 0, running statistics reset
+        if isinstance(module, RgbdCnnDepthNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
@@ -557,7 +558,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         if depth_mask is not None and depth_values is None:
             raise ValueError("`depth_mask` was given without `depth_values`.")
         if pixel_values is not None:
-            _check_image("pixel_values", pixel_values, config.num_channels, "config.num_channels")
+            check_image_tensor(pixel_values, "pixel_values", config.num_channels, "config.num_channels")
         if depth_values is None:
             if config.modalities == "rgbd" and config.modality_dropout[1] == 0:
                 logger.warning_once(
@@ -565,7 +566,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                     "(`modality_dropout[1] == 0`): predictions without depth may be poor."
                 )
             return pixel_values, None
-        _check_image("depth_values", depth_values, config.depth_channels, "config.depth_channels")
+        check_image_tensor(depth_values, "depth_values", config.depth_channels, "config.depth_channels")
         if pixel_values is None and config.modalities == "rgbd" and config.modality_dropout[0] == 0:
             logger.warning_once(
                 "`pixel_values` is None but this model was not configured with RGB dropout "
@@ -585,11 +586,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         if depth_mask is None:
             depth_mask = torch.isfinite(depth_values).all(dim=1, keepdim=True)
         else:
-            expected = (depth_values.shape[0], 1, *depth_values.shape[-2:])
-            if not isinstance(depth_mask, torch.Tensor) or tuple(depth_mask.shape) != expected:
-                shape = tuple(depth_mask.shape) if isinstance(depth_mask, torch.Tensor) else type(depth_mask)
-                raise ValueError(f"`depth_mask` must have shape {expected} (batch, 1, height, width), got {shape}.")
-            depth_mask = depth_mask if depth_mask.dtype == torch.bool else depth_mask != 0
+            depth_mask = check_depth_mask(depth_mask, depth_values)
         if self.depth_norm is not None:
             depth_input = self.depth_norm(depth_values, depth_mask)
         else:
@@ -673,9 +670,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         """Two streams fused after the stem and after every stage; the RGB stream carries the fused maps on."""
         rgb = self.rgb_stream.embedder(pixel_values) if pixel_values is not None else None
         depth = self.depth_stream.embedder(depth_input) if depth_input is not None else None
-        rgb_mask = None if bool(rgb_present.all()) else rgb_present
-        depth_mask = None if bool(depth_present.all()) else depth_present
-        fused = self.stage_fusions[0](rgb, depth, rgb_mask, depth_mask)
+        fused = self.stage_fusions[0](rgb, depth, rgb_present, depth_present)
         hidden_states = (fused,) if output_hidden_states else None
         depth_hidden_states = (depth,) if output_hidden_states and depth is not None else None
         stages = zip(
@@ -687,7 +682,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                 depth = depth_stage(depth)
                 if depth_hidden_states is not None:
                     depth_hidden_states = depth_hidden_states + (depth,)
-            fused = fusion(rgb, depth, None, depth_mask)
+            fused = fusion(rgb, depth, None, depth_present)
             if hidden_states is not None:
                 hidden_states = hidden_states + (fused,)
         return fused, hidden_states, depth_hidden_states
@@ -761,19 +756,6 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _check_image(name: str, values: Any, channels: int, field: str) -> None:
-    if not isinstance(values, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(values).__name__}.")
-    if values.ndim != 4:
-        raise ValueError(f"`{name}` must have shape (batch, {channels}, height, width), got {tuple(values.shape)}.")
-    if values.shape[1] != channels:
-        raise ValueError(
-            f"`{name}` has {values.shape[1]} channels but {field}={channels} (shape {tuple(values.shape)})."
-        )
-    if not values.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor, got {values.dtype}.")
-
-
 def fill_depth_holes(depth: torch.Tensor, mask: torch.Tensor, levels: int = HOLE_FILL_LEVELS) -> torch.Tensor:
     """Fill holes with the mean of nearby valid values (push-pull over a pyramid of 2x2 blocks).
 
@@ -810,8 +792,6 @@ def _fill_missing(
     filler = embedding[None, :, None, None]
     if values is None:
         return filler.expand(shape)
-    if bool(present.all()):
-        return values
     return torch.where(present[:, None, None, None], values, filler.to(values.dtype))
 
 
