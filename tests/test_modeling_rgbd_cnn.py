@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from model_test_mixin import RgbdModelTestMixin
 from transformers import AutoProcessor, ResNetConfig, ResNetForImageClassification, ResNetModel
 
@@ -17,7 +18,13 @@ from hf_rgbd import (
     RgbdImageProcessor,
     RgbdProcessor,
 )
-from hf_rgbd.modeling.modeling_rgbd_cnn import fill_depth_holes
+from hf_rgbd.modeling.modeling_rgbd_cnn import (
+    RgbdCnnEarlyFusion,
+    RgbdCnnFeatureFusion,
+    RgbdCnnMultiStageFusion,
+    RgbdCnnSingleModality,
+    fill_depth_holes,
+)
 
 torch.set_num_threads(1)
 
@@ -172,6 +179,42 @@ def test_modality_dropout_is_seeded_and_never_drops_both():
     rgb_dropped, depth_dropped = (~first).float().mean(dim=0).tolist()
     assert abs(rgb_dropped - 0.3) < 0.08 and abs(depth_dropped - 0.4) < 0.08
     assert evaluated.all()
+
+
+@pytest.mark.parametrize(
+    "overrides, fusion_class, has_depth_maps",
+    [
+        ({"fusion_type": "early"}, RgbdCnnEarlyFusion, False),
+        ({"fusion_type": "feature"}, RgbdCnnFeatureFusion, True),
+        ({"fusion_type": "multi_stage"}, RgbdCnnMultiStageFusion, True),
+        ({"modalities": "rgb"}, RgbdCnnSingleModality, False),
+        ({"modalities": "depth"}, RgbdCnnSingleModality, False),
+    ],
+    ids=["early", "feature", "multi_stage", "rgb", "depth"],
+)
+def test_recorded_feature_maps(overrides, fusion_class, has_depth_maps):
+    """The fusion module is chosen at construction; `output_hidden_states` records `hidden_states` (and the depth
+    stream's `depth_hidden_states` for the two-stream fusions); a stream that did not run leaves its field None;
+    tuples keep the field order."""
+    config = tiny_config(modality_dropout=(0.25, 0.25) if "fusion_type" in overrides else 0.0, **overrides)
+    model = RgbdCnnModel(config).eval()
+    assert type(model.fusion) is fusion_class
+    inputs = make_inputs(config, 2)
+    with torch.no_grad():
+        output = model(**inputs, output_hidden_states=True)
+        as_tuple = model(**inputs, output_hidden_states=True, return_dict=False)
+        assert model(**inputs).depth_hidden_states is None
+        if has_depth_maps:
+            rgb_only = model(pixel_values=inputs["pixel_values"], output_hidden_states=True)
+            depth_only = model(depth_values=inputs["depth_values"], output_hidden_states=True)
+    assert len(output.hidden_states) == 3
+    assert (output.depth_hidden_states is not None) == has_depth_maps
+    if has_depth_maps:
+        assert [tuple(h.shape) for h in output.depth_hidden_states] == [(2, 8, 8, 8), (2, 8, 8, 8), (2, 16, 4, 4)]
+        assert rgb_only.depth_hidden_states is None and depth_only.depth_hidden_states is not None
+        # feature-level fusion records the RGB stream's maps; multi-stage fusion the fused maps
+        assert (depth_only.hidden_states is None) == (fusion_class is RgbdCnnFeatureFusion)
+    assert len(as_tuple) == len(output.to_tuple()) and torch.equal(as_tuple[-1], output.modality_mask)
 
 
 # ------------------------------------------------------------------------------------------------- holes
@@ -339,30 +382,33 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         depth_model(pixel_values=good["pixel_values"])
 
 
+FIELD_ERROR, CLASS_ERROR = StrictDataclassFieldValidationError, StrictDataclassClassValidationError
+
+
 @pytest.mark.parametrize(
-    "kwargs, field",
+    "kwargs, field, error",
     [
-        ({"fusion_type": "late"}, "fusion_type"),
-        ({"feature_fusion": "max"}, "feature_fusion"),
-        ({"modalities": "rgbdt"}, "modalities"),
-        ({"depth_channels": 2}, "depth_channels"),
-        ({"layer_type": "dense"}, "layer_type"),
-        ({"hidden_sizes": [8, 16, 32]}, "hidden_sizes"),
-        ({"depths": [1, 0]}, "depths"),
-        ({"embedding_size": 0}, "embedding_size"),
-        ({"modality_dropout": (0.6, 0.6)}, "modality_dropout"),
-        ({"modality_dropout": (0.1, 0.2, 0.3)}, "modality_dropout"),
-        ({"modality_dropout": -0.1}, "modality_dropout"),
-        ({"modalities": "rgb", "modality_dropout": 0.2}, "modality_dropout"),
-        ({"num_channels": 4}, "num_channels"),
-        ({"use_depth_mask": "yes"}, "use_depth_mask"),
-        ({"fill_depth_holes": 1}, "fill_depth_holes"),
-        ({"classifier_dropout": 1.0}, "classifier_dropout"),
-        ({"se_reduction": 0}, "se_reduction"),
+        ({"fusion_type": "late"}, "fusion_type", FIELD_ERROR),
+        ({"feature_fusion": "max"}, "feature_fusion", FIELD_ERROR),
+        ({"modalities": "rgbdt"}, "modalities", FIELD_ERROR),
+        ({"depth_channels": 2}, "depth_channels", FIELD_ERROR),
+        ({"layer_type": "dense"}, "layer_type", FIELD_ERROR),
+        ({"hidden_sizes": [8, 16, 32]}, "hidden_sizes", CLASS_ERROR),
+        ({"depths": [1, 0]}, "depths", CLASS_ERROR),
+        ({"embedding_size": 0}, "embedding_size", CLASS_ERROR),
+        ({"modality_dropout": (0.6, 0.6)}, "modality_dropout", CLASS_ERROR),
+        ({"modality_dropout": (0.1, 0.2, 0.3)}, "modality_dropout", CLASS_ERROR),
+        ({"modality_dropout": -0.1}, "modality_dropout", CLASS_ERROR),
+        ({"modalities": "rgb", "modality_dropout": 0.2}, "modality_dropout", CLASS_ERROR),
+        ({"num_channels": 4}, "num_channels", FIELD_ERROR),
+        ({"use_depth_mask": "yes"}, "use_depth_mask", FIELD_ERROR),
+        ({"fill_depth_holes": 1}, "fill_depth_holes", FIELD_ERROR),
+        ({"classifier_dropout": 1.0}, "classifier_dropout", CLASS_ERROR),
+        ({"se_reduction": 0}, "se_reduction", CLASS_ERROR),
     ],
 )
-def test_config_validation(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+def test_config_validation(kwargs, field, error):
+    with pytest.raises(error, match=field):
         tiny_config(**kwargs)
 
 

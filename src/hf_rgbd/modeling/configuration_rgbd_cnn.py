@@ -3,37 +3,45 @@
 This file is copied next to the weights by `save_pretrained`; it imports nothing from hf_rgbd.
 """
 
-from __future__ import annotations
+from typing import Any, ClassVar, Literal, get_args
 
-from typing import Any, ClassVar
-
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_rgbd_common import check_choice, check_shared_fields, normalize_modality_dropout
+from .configuration_rgbd_common import (
+    RgbdModalities,
+    RgbdSharedConfigMixin,
+    check_positive_int,
+    normalize_modality_dropout,
+)
 
-FUSION_TYPES = ("early", "feature", "multi_stage")
-FEATURE_FUSIONS = ("concat", "sum", "weighted")
-LAYER_TYPES = ("basic", "bottleneck")
+RgbdCnnFusionType = Literal["early", "feature", "multi_stage"]
+RgbdCnnFeatureFusionMode = Literal["concat", "sum", "weighted"]
+RgbdCnnLayerType = Literal["basic", "bottleneck"]
+FUSION_TYPES: tuple[str, ...] = get_args(RgbdCnnFusionType)
+FEATURE_FUSIONS: tuple[str, ...] = get_args(RgbdCnnFeatureFusionMode)
+LAYER_TYPES: tuple[str, ...] = get_args(RgbdCnnLayerType)
 
 
-class RgbdCnnConfig(PreTrainedConfig):
+@strict
+class RgbdCnnConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`RgbdCnnModel`] and [`RgbdCnnForImageClassification`]: one or two ResNet streams (the
     backbone fields mirror `transformers.ResNetConfig`, so an HF ResNet checkpoint maps onto the RGB stream) joined
     by one of three fusion schemes.
 
     Args:
-        fusion_type (`str`, defaults to `"multi_stage"`):
+        fusion_type (`Literal["early", "feature", "multi_stage"]`, defaults to `"multi_stage"`):
             - `"early"`: one stream on the stacked input channels `[pixel_values, depth_values, depth_mask]`
               (3 + `depth_channels` (+1 with `use_depth_mask`) channels: 4(+1) for metric depth, 6(+1) for HHA);
             - `"feature"`: an RGB stream and a depth stream, their last feature maps joined by `feature_fusion`;
             - `"multi_stage"`: an RGB stream and a depth stream joined after the stem and after every stage
               (ESANet-style): squeeze-excitation channel attention on each stream, summed into the RGB stream,
               which carries the fused features on; the depth stream goes on with its own features.
-        modalities (`str`, defaults to `"rgbd"`):
+        modalities (`Literal["rgbd", "rgb", "depth"]`, defaults to `"rgbd"`):
             `"rgbd"` (fused), `"rgb"` (RGB stream only: a plain ResNet, depth inputs are ignored) or `"depth"`
             (depth stream only, RGB inputs are ignored). The field every hf_rgbd family shares, for ablations.
-        depth_channels (`int`, defaults to 1):
+        depth_channels (`Literal[1, 3]`, defaults to 1):
             channels of `depth_values`: 1 (metric, disparity, ...) or 3 (HHA).
         use_depth_mask (`bool`, defaults to `True`):
             feed `depth_mask` (1 = valid, 0 = hole or missing depth) as one more input channel of the stream that
@@ -47,7 +55,7 @@ class RgbdCnnConfig(PreTrainedConfig):
             statistics in eval, learned scale and shift; holes stay 0) before hole filling and the stems, so that
             depth starts on the scale of the normalised RGB whatever the processor's representation (metric depth /
             max_depth varies by a few hundredths across an object, which early fusion otherwise barely sees).
-        feature_fusion (`str`, defaults to `"concat"`):
+        feature_fusion (`Literal["concat", "sum", "weighted"]`, defaults to `"concat"`):
             how `fusion_type="feature"` joins the two final feature maps: `"concat"` (channels add up), `"sum"`,
             or `"weighted"` (learned per-channel convex weights, softmax over the two modalities, initialised 1/2).
         modality_dropout (`tuple[float, float]` or `float`, defaults to `(0.0, 0.0)`):
@@ -55,11 +63,12 @@ class RgbdCnnConfig(PreTrainedConfig):
             float means the same probability for both). The two events are exclusive (one uniform draw per sample),
             so a sample never loses both; hence `p_rgb + p_depth <= 1`. A dropped modality is treated exactly as a
             missing one at inference (`pixel_values=None` or `depth_values=None`).
-        num_channels (`int`, defaults to 3): channels of `pixel_values`.
+        num_channels (`Literal[3]`, defaults to 3): channels of `pixel_values` (RGB).
         embedding_size (`int`, defaults to 64): channels of the stem (7x7 stride-2 convolution + 3x3 max-pool).
         hidden_sizes (`list[int]`, defaults to `[64, 128, 256, 512]`): output channels of each stage.
         depths (`list[int]`, defaults to `[2, 2, 2, 2]`): residual layers per stage (ResNet-18 by default).
-        layer_type (`str`, defaults to `"basic"`): `"basic"` (two 3x3 convolutions) or `"bottleneck"`.
+        layer_type (`Literal["basic", "bottleneck"]`, defaults to `"basic"`): `"basic"` (two 3x3 convolutions) or
+            `"bottleneck"`.
         hidden_act (`str`, defaults to `"relu"`): activation of the residual layers.
         downsample_in_first_stage (`bool`, defaults to `False`): stride 2 in the first stage.
         downsample_in_bottleneck (`bool`, defaults to `False`): stride in the first 1x1 convolution of a bottleneck.
@@ -72,77 +81,56 @@ class RgbdCnnConfig(PreTrainedConfig):
     >>> config = RgbdCnnConfig(fusion_type="early", depth_channels=3, num_labels=10)  # RGB + HHA, 7 channels
     >>> model = RgbdCnnForImageClassification(config)
     ```
+
+    Wrong types or choices raise `StrictDataclassFieldValidationError`, inconsistent values (sizes, stage counts,
+    probabilities) `StrictDataclassClassValidationError`, both naming the field.
     """
 
     model_type = "rgbd_cnn"
     fusion_types: ClassVar[tuple[str, ...]] = FUSION_TYPES
     feature_fusions: ClassVar[tuple[str, ...]] = FEATURE_FUSIONS
 
-    fusion_type: str = "multi_stage"
-    modalities: str = "rgbd"
-    depth_channels: int = 1
+    fusion_type: RgbdCnnFusionType = "multi_stage"
+    modalities: RgbdModalities = "rgbd"
+    depth_channels: Literal[1, 3] = 1
     use_depth_mask: bool = True
     fill_depth_holes: bool = True
     normalize_depth: bool = True
-    feature_fusion: str = "concat"
-    modality_dropout: list[float] | tuple[float, ...] | float = (0.0, 0.0)
-    num_channels: int = 3
+    feature_fusion: RgbdCnnFeatureFusionMode = "concat"
+    modality_dropout: list[float | int] | tuple[float | int, ...] | float | int = (0.0, 0.0)
+    num_channels: Literal[3] = 3
     embedding_size: int = 64
     hidden_sizes: list[int] | tuple[int, ...] = (64, 128, 256, 512)
     depths: list[int] | tuple[int, ...] = (2, 2, 2, 2)
-    layer_type: str = "basic"
+    layer_type: RgbdCnnLayerType = "basic"
     hidden_act: str = "relu"
     downsample_in_first_stage: bool = False
     downsample_in_bottleneck: bool = False
     se_reduction: int = 16
-    classifier_dropout: float = 0.0
+    classifier_dropout: float | int = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.modality_dropout = normalize_modality_dropout(self.modality_dropout)
-        if isinstance(self.hidden_sizes, (list, tuple)):
-            self.hidden_sizes = list(self.hidden_sizes)
-        if isinstance(self.depths, (list, tuple)):
-            self.depths = list(self.depths)
-        self.check_fields()
+        self.hidden_sizes = list(self.hidden_sizes)
+        self.depths = list(self.depths)
         super().__post_init__(**kwargs)
 
     # -------------------------------------------------------------------------------------------- validation
-    def check_fields(self) -> None:
-        """Raise `ValueError` naming the first invalid field. Runs at construction and when a model is built."""
-        check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
-        check_choice("feature_fusion", self.feature_fusion, FEATURE_FUSIONS)
-        check_choice("layer_type", self.layer_type, LAYER_TYPES)
-        if self.depth_channels not in (1, 3) or isinstance(self.depth_channels, bool):
-            raise ValueError(
-                f"`depth_channels` must be 1 (one depth channel) or 3 (HHA), got {self.depth_channels!r}."
-            )
-        if self.num_channels != 3 or isinstance(self.num_channels, bool):
-            raise ValueError(f"`num_channels` (RGB channels of pixel_values) must be 3, got {self.num_channels!r}.")
-        for name in (
-            "use_depth_mask",
-            "fill_depth_holes",
-            "normalize_depth",
-            "downsample_in_first_stage",
-            "downsample_in_bottleneck",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
-        _check_positive_int("embedding_size", self.embedding_size)
-        _check_positive_int("se_reduction", self.se_reduction)
+    def validate_widths(self) -> None:
+        check_positive_int("embedding_size", self.embedding_size)
+        check_positive_int("se_reduction", self.se_reduction)
+
+    def validate_stages(self) -> None:
+        """`hidden_sizes` and `depths`: as many stages each (at least one), positive ints."""
         for name in ("hidden_sizes", "depths"):
             values = getattr(self, name)
-            if not isinstance(values, (list, tuple)) or len(values) == 0:
+            if not values or not all(value >= 1 for value in values):
                 raise ValueError(f"`{name}` must be a non-empty list of positive ints, got {values!r}.")
-            for value in values:
-                _check_positive_int(name, value, whole=values)
         if len(self.hidden_sizes) != len(self.depths):
             raise ValueError(
                 f"`hidden_sizes` ({len(self.hidden_sizes)} stages) and `depths` ({len(self.depths)} stages) must have "
                 "the same length."
             )
-        if not isinstance(self.hidden_act, str):
-            raise ValueError(f"`hidden_act` must be an activation name, got {self.hidden_act!r}.")
-        check_shared_fields(self.modalities, self.modality_dropout, self.classifier_dropout)
 
     # -------------------------------------------------------------------------------------------- derived sizes
     @property
@@ -163,7 +151,7 @@ class RgbdCnnConfig(PreTrainedConfig):
 
     # -------------------------------------------------------------------------------------------- presets
     @classmethod
-    def small(cls, **kwargs: Any) -> RgbdCnnConfig:
+    def small(cls, **kwargs: Any) -> "RgbdCnnConfig":
         """Preset `small` for 64x64 inputs on CPU: stem 24, stages [24, 48, 96] x [1, 1, 1] basic layers, squeeze-
         excitation reduction 4 (about 0.1M parameters per stream). Keyword arguments override any field."""
         preset = {
@@ -175,12 +163,6 @@ class RgbdCnnConfig(PreTrainedConfig):
         }
         preset.update(kwargs)
         return cls(**preset)
-
-
-def _check_positive_int(name: str, value: Any, whole: Any = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        shown = value if whole is None else whole
-        raise ValueError(f"`{name}` must hold positive ints, got {shown!r}.")
 
 
 __all__ = ["RgbdCnnConfig"]

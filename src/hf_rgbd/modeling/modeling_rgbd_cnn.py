@@ -4,6 +4,17 @@ Streams reuse transformers' ResNet building blocks (`ResNetConvLayer`, `ResNetSt
 as `transformers.ResNetModel`, so an HF ResNet checkpoint maps onto the RGB stream key for key
 (`RgbdCnnModel.from_resnet_pretrained`).
 
+`RgbdCnnModel` builds the streams and fusion layers of its `config.fusion_type` (or the single stream of
+`config.modalities` `"rgb"` / `"depth"`) and one fusion module that runs them: [`RgbdCnnEarlyFusion`],
+[`RgbdCnnFeatureFusion`], [`RgbdCnnMultiStageFusion`] or [`RgbdCnnSingleModality`], all called the same way. The
+streams and fusion layers stay attributes of the model (their state-dict names are those of saved checkpoints);
+the fusion module holds no weights.
+
+Feature maps are recorded with transformers' output capturing (`_can_record_outputs`): `hidden_states` are the
+stem and stage outputs of `RgbdCnnStage` (the stream that carries the output) or, for multi-stage fusion, the
+outputs of every `RgbdCnnAttentionFusion`; `depth_hidden_states` those of the two-stream fusions' depth stream,
+whose stages (like the multi-stage RGB stream's) are `RgbdCnnBranchStage`.
+
 How missing inputs are handled (identically for a modality dropped by `config.modality_dropout` in training and
 for `pixel_values=None` / `depth_values=None` at inference):
 
@@ -17,15 +28,19 @@ for `pixel_values=None` / `depth_values=None` at inference):
 Depth input (`_prepare_inputs`): holes (`depth_mask` False; default: non-finite values) never reach the network
 with their stored values. Each depth channel is standardised over its valid pixels (`normalize_depth`, holes -> 0),
 holes are then filled from nearby valid depth (`fill_depth_holes`), and with `use_depth_mask` the mask is one more
-input channel, so the network still knows which values were measured. This file is copied next to the weights by `save_pretrained`: it imports only transformers,
-torch and the configuration file beside it.
+input channel, so the network still knows which values were measured.
+
+This file is copied next to the weights by `save_pretrained`: it imports only transformers, torch and the
+configuration and common files beside it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import wraps
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -35,9 +50,17 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetStage
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_rgbd_cnn import RgbdCnnConfig
-from .modeling_rgbd_common import RgbdAutoMapMixin, check_labels, draw_modality_dropout
+from .modeling_rgbd_common import (
+    RgbdAutoMapMixin,
+    check_depth_mask,
+    check_image_tensor,
+    check_labels,
+    draw_modality_dropout,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -121,8 +144,8 @@ class RgbdCnnDepthNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
+        self.running_mean = nn.Buffer(torch.zeros(channels))
+        self.running_var = nn.Buffer(torch.ones(channels))
 
     def forward(self, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """depth (B, C, H, W), mask (B, 1, H, W) bool -> (B, C, H, W), 0 where `mask` is False."""
@@ -156,64 +179,62 @@ class RgbdCnnEmbeddings(nn.Module):
     Parameter names equal those of `transformers`' `ResNetEmbeddings`; the number of input channels is free.
     """
 
-    def __init__(self, config: RgbdCnnConfig, in_channels: int, input_name: str) -> None:
+    def __init__(self, config: RgbdCnnConfig, in_channels: int) -> None:
         super().__init__()
         self.embedder = ResNetConvLayer(
             in_channels, config.embedding_size, kernel_size=7, stride=2, activation=config.hidden_act
         )
         self.pooler = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.num_channels = in_channels
-        self.input_name = input_name
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) -> (B, embedding_size, ceil(H / 4), ceil(W / 4))."""
-        if inputs.shape[1] != self.num_channels:
-            raise ValueError(
-                f"the stem expects {self.num_channels} channels built from {self.input_name}, got {inputs.shape[1]}."
-            )
         return self.pooler(self.embedder(inputs))
 
 
+# Two stage classes, so that output capturing tells the maps of the stream that carries the output (recorded as
+# `hidden_states`) from those of the other streams. Under activation checkpointing (`gradient_checkpointing_enable`)
+# the backward pass recomputes a stage in train mode, so batch-norm running statistics receive a second (identical)
+# update per step; losses and gradients are unchanged.
 class RgbdCnnStage(GradientCheckpointingLayer, ResNetStage):
-    """A ResNet stage (transformers' `ResNetStage`), checkpointable with `gradient_checkpointing_enable()`.
+    """A ResNet stage (transformers' `ResNetStage`) of the stream whose maps are `hidden_states`: the single stream
+    (`modalities` `"rgb"` / `"depth"`, early fusion) or the RGB stream of feature-level fusion."""
 
-    Under activation checkpointing the backward pass recomputes the stage in train mode, so batch-norm running
-    statistics receive a second (identical) update per step; losses and gradients are unchanged.
-    """
+
+class RgbdCnnBranchStage(GradientCheckpointingLayer, ResNetStage):
+    """A ResNet stage of the other streams: the depth stream of the two-stream fusions (its maps are
+    `depth_hidden_states`) and the RGB stream of multi-stage fusion (its maps are fused before they are recorded)."""
 
 
 class RgbdCnnEncoder(nn.Module):
     """The residual stages of one stream (names as in `transformers`' `ResNetEncoder`)."""
 
-    def __init__(self, config: RgbdCnnConfig) -> None:
+    def __init__(self, config: RgbdCnnConfig, stage_class: type[nn.Module]) -> None:
         super().__init__()
         self.stages = nn.ModuleList()
         in_channels = config.embedding_size
         for index, (out_channels, depth) in enumerate(zip(config.hidden_sizes, config.depths, strict=True)):
             stride = 2 if index > 0 or config.downsample_in_first_stage else 1
-            self.stages.append(RgbdCnnStage(config, in_channels, out_channels, stride=stride, depth=depth))
+            self.stages.append(stage_class(config, in_channels, out_channels, stride=stride, depth=depth))
             in_channels = out_channels
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            hidden_state = stage(hidden_state)
+        return hidden_state
 
 
 class RgbdCnnStream(nn.Module):
     """One ResNet stream (stem + stages, without pooling): the RGB, the depth or the early-fusion RGB-D stream."""
 
-    def __init__(self, config: RgbdCnnConfig, in_channels: int, input_name: str) -> None:
+    def __init__(self, config: RgbdCnnConfig, in_channels: int, stage_class: type[nn.Module] = RgbdCnnStage) -> None:
         super().__init__()
-        self.embedder = RgbdCnnEmbeddings(config, in_channels, input_name)
-        self.encoder = RgbdCnnEncoder(config)
+        self.embedder = RgbdCnnEmbeddings(config, in_channels)
+        self.encoder = RgbdCnnEncoder(config, stage_class)
 
-    def forward(
-        self, inputs: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """(B, in_channels, H, W) -> last map (B, hidden_sizes[-1], h, w) and, if asked, the stem + stage maps."""
-        hidden_state = self.embedder(inputs)
-        hidden_states = (hidden_state,) if output_hidden_states else None
-        for stage in self.encoder.stages:
-            hidden_state = stage(hidden_state)
-            if output_hidden_states:
-                hidden_states = hidden_states + (hidden_state,)
-        return hidden_state, hidden_states
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, H, W) -> last map (B, hidden_sizes[-1], h, w)."""
+        return self.encoder(self.embedder(inputs))
 
 
 class RgbdCnnSqueezeExcitation(nn.Module):
@@ -261,12 +282,12 @@ class RgbdCnnAttentionFusion(nn.Module):
                 continue
             term = attention(values)
             if present is not None:
-                term = torch.where(present[:, None, None, None], term, term.new_zeros(()))
+                term = _where_present(present, term, term.new_zeros(()))
             fused = term if fused is None else fused + term
         return fused
 
 
-class RgbdCnnFeatureFusion(nn.Module):
+class RgbdCnnFeatureJoin(nn.Module):
     """Joins the final RGB and depth maps (B, C, h, w): `concat` (-> 2C channels), `sum`, or `weighted`.
 
     `weighted`: `w_rgb * rgb + w_depth * depth` with per-channel weights `softmax(fusion_logits, dim=0)`
@@ -288,9 +309,117 @@ class RgbdCnnFeatureFusion(nn.Module):
         return rgb * weights[0][None, :, None, None] + depth * weights[1][None, :, None, None]
 
 
+# ------------------------------------------------------------------------------------------------------ fusions
+@dataclass
+class RgbdCnnFusionInputs:
+    """The prepared inputs a fusion module fuses.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)` or None): RGB, None when missing
+            for the whole batch (or not used by `config.modalities`).
+        depth_input (`torch.FloatTensor` of shape `(batch_size, depth_input_channels, height, width)` or None): the
+            depth stream's input (`RgbdCnnModel._prepare_inputs`), None when missing for the whole batch.
+        rgb_present, depth_present (`torch.BoolTensor` of shape `(batch_size,)`): which samples use each modality
+            (False where dropped by modality dropout or missing).
+    """
+
+    pixel_values: torch.Tensor | None
+    depth_input: torch.Tensor | None
+    rgb_present: torch.Tensor
+    depth_present: torch.Tensor
+
+
+class RgbdCnnFusion(nn.Module):
+    """Base of the fusion modules: `fusion(encoder, inputs)` runs the streams and fusion layers of `encoder` (the
+    [`RgbdCnnModel`] that built them for this fusion) on [`RgbdCnnFusionInputs`] and returns the fused last feature
+    map `(batch_size, fused_hidden_size, height_out, width_out)`."""
+
+    # whether depth runs in a stream of its own, whose maps are `depth_hidden_states`
+    records_depth_hidden_states: ClassVar[bool] = False
+
+    def forward(self, encoder: RgbdCnnModel, inputs: RgbdCnnFusionInputs) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RgbdCnnSingleModality(RgbdCnnFusion):
+    """`modalities` `"rgb"` / `"depth"`: the one stream on its own input, nothing fused."""
+
+    def __init__(self, modality: Literal["rgb", "depth"]) -> None:
+        super().__init__()
+        self.modality = modality
+
+    def forward(self, encoder: RgbdCnnModel, inputs: RgbdCnnFusionInputs) -> torch.Tensor:
+        if self.modality == "rgb":
+            return encoder.rgb_stream(inputs.pixel_values)
+        return encoder.depth_stream(inputs.depth_input)
+
+
+class RgbdCnnEarlyFusion(RgbdCnnFusion):
+    """`fusion_type="early"`: `rgbd_stream` on `[pixel_values, depth_input]` (B, 3 + depth_input_channels, H, W);
+    missing or dropped parts are zeros."""
+
+    def __init__(self, config: RgbdCnnConfig) -> None:
+        super().__init__()
+        self.rgb_channels = config.num_channels
+        self.depth_channels = config.depth_input_channels
+
+    def forward(self, encoder: RgbdCnnModel, inputs: RgbdCnnFusionInputs) -> torch.Tensor:
+        pixel_values, depth_input = inputs.pixel_values, inputs.depth_input
+        reference = pixel_values if pixel_values is not None else depth_input
+        batch_size, _, height, width = reference.shape
+        zero = reference.new_zeros(())
+        if pixel_values is None:
+            pixel_values = reference.new_zeros(batch_size, self.rgb_channels, height, width)
+        else:
+            pixel_values = _where_present(inputs.rgb_present, pixel_values, zero)
+        if depth_input is None:
+            depth_input = reference.new_zeros(batch_size, self.depth_channels, height, width)
+        else:
+            depth_input = _where_present(inputs.depth_present, depth_input, zero)
+        return encoder.rgbd_stream(torch.cat([pixel_values, depth_input], dim=1))
+
+
+class RgbdCnnFeatureFusion(RgbdCnnFusion):
+    """`fusion_type="feature"`: `rgb_stream` and `depth_stream`, their last maps (B, C, h, w) joined by
+    `feature_fusion` ([`RgbdCnnFeatureJoin`]); a missing stream's map is its learned "missing" embedding
+    (`missing_rgb_embedding` / `missing_depth_embedding`) broadcast over positions."""
+
+    records_depth_hidden_states = True
+
+    def forward(self, encoder: RgbdCnnModel, inputs: RgbdCnnFusionInputs) -> torch.Tensor:
+        rgb = encoder.rgb_stream(inputs.pixel_values) if inputs.pixel_values is not None else None
+        depth = encoder.depth_stream(inputs.depth_input) if inputs.depth_input is not None else None
+        shape = (rgb if rgb is not None else depth).shape
+        rgb = _fill_missing(rgb, inputs.rgb_present, encoder.missing_rgb_embedding, shape)
+        depth = _fill_missing(depth, inputs.depth_present, encoder.missing_depth_embedding, shape)
+        return encoder.feature_fusion(rgb, depth)
+
+
+class RgbdCnnMultiStageFusion(RgbdCnnFusion):
+    """`fusion_type="multi_stage"`: `rgb_stream` and `depth_stream` fused by `stage_fusions`
+    ([`RgbdCnnAttentionFusion`]) after the stem and after every stage; the RGB stream carries the fused maps on,
+    the depth stream its own."""
+
+    records_depth_hidden_states = True
+
+    def forward(self, encoder: RgbdCnnModel, inputs: RgbdCnnFusionInputs) -> torch.Tensor:
+        rgb_stream, depth_stream = encoder.rgb_stream, encoder.depth_stream
+        rgb = rgb_stream.embedder(inputs.pixel_values) if inputs.pixel_values is not None else None
+        depth = depth_stream.embedder(inputs.depth_input) if inputs.depth_input is not None else None
+        fused = encoder.stage_fusions[0](rgb, depth, inputs.rgb_present, inputs.depth_present)
+        stages = zip(rgb_stream.encoder.stages, depth_stream.encoder.stages, encoder.stage_fusions[1:], strict=True)
+        for rgb_stage, depth_stage, fusion in stages:
+            rgb = rgb_stage(fused)
+            if depth is not None:
+                depth = depth_stage(depth)
+            fused = fusion(rgb, depth, None, inputs.depth_present)
+        return fused
+
+
 # ------------------------------------------------------------------------------------------------------ models
 class RgbdCnnPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
-    """Base class: weight initialisation, HF ResNet loading and the `auto_map` of saved folders."""
+    """Base class: weight initialisation, recorded feature maps, HF ResNet loading and the `auto_map` of saved
+    folders."""
 
     config_class = RgbdCnnConfig
     auto_map_classes = {
@@ -303,38 +432,43 @@ class RgbdCnnPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["ResNetConvLayer", "ResNetShortCut"]
+    _can_record_outputs = {
+        # the stem's output is recorded as the first stage's input
+        "hidden_states": [
+            OutputRecorder(RgbdCnnStage),
+            OutputRecorder(RgbdCnnAttentionFusion, capture_initial_hidden_state=False),
+        ],
+        "depth_hidden_states": [
+            OutputRecorder(RgbdCnnEmbeddings, layer_name="depth_stream"),
+            OutputRecorder(RgbdCnnBranchStage, layer_name="depth_stream"),
+        ],
+    }
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
+            # ResNet's initialisation instead of transformers' normal(0, 0.02)
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            # torch's own Linear initialisation
+            # torch's own Linear initialisation instead of transformers' normal(0, 0.02), as ResNet
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 fan_in = module.weight.shape[1]
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.BatchNorm2d):
+        else:
+            super()._init_weights(module)  # batch norms: weight 1, bias 0, running statistics reset
+        if isinstance(module, RgbdCnnDepthNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
-            if getattr(module, "num_batches_tracked", None) is not None:
-                init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, RgbdCnnDepthNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-        elif isinstance(module, RgbdCnnFeatureFusion) and module.mode == "weighted":
+        elif isinstance(module, RgbdCnnFeatureJoin) and module.mode == "weighted":
             init.zeros_(module.fusion_logits)
-        elif isinstance(module, RgbdCnnModel):
-            for name in ("missing_rgb_embedding", "missing_depth_embedding"):
-                if getattr(module, name, None) is not None:
-                    init.zeros_(getattr(module, name))
+        elif isinstance(module, RgbdCnnModel) and isinstance(module.fusion, RgbdCnnFeatureFusion):
+            init.zeros_(module.missing_rgb_embedding)
+            init.zeros_(module.missing_depth_embedding)
 
     # -------------------------------------------------------------------------------------------- HF ResNet
     @classmethod
@@ -433,6 +567,27 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _record_stream_maps(forward: Callable[..., RgbdCnnModelOutput]) -> Callable[..., RgbdCnnModelOutput]:
+    """Wraps `capture_outputs` on `RgbdCnnModel.forward` for the two recorded keys.
+
+    `capture_outputs` collects a key only when its own `output_<key>` flag is set: `output_hidden_states` (argument,
+    else config) also sets `output_depth_hidden_states` where depth has a stream of its own. It appends the recorded
+    fields after the others: the output is rebuilt in field order, and a stream that did not run (its input missing
+    for the whole batch) leaves its field None instead of an empty tuple.
+    """
+
+    @wraps(forward)
+    def wrapper(self: RgbdCnnModel, *args: Any, **kwargs: Any) -> RgbdCnnModelOutput:
+        if kwargs.get("output_hidden_states") is None:
+            kwargs["output_hidden_states"] = self.config.output_hidden_states
+        record_depth = bool(kwargs["output_hidden_states"]) and self.fusion.records_depth_hidden_states
+        kwargs["output_depth_hidden_states"] = record_depth
+        outputs = forward(self, *args, return_dict=True, **kwargs)
+        return type(outputs)(**{key: value for key, value in outputs.items() if not isinstance(value, tuple) or value})
+
+    return wrapper
+
+
 class RgbdCnnModel(RgbdCnnPreTrainedModel):
     r"""
     RGB-D CNN encoder: `config.fusion_type` early / feature-level / multi-stage fusion of ResNet streams, or a single
@@ -441,46 +596,44 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
 
     def __init__(self, config: RgbdCnnConfig) -> None:
         super().__init__(config)
-        config.check_fields()
-        self.rgb_stream: RgbdCnnStream | None = None
-        self.depth_stream: RgbdCnnStream | None = None
-        self.rgbd_stream: RgbdCnnStream | None = None
-        self.feature_fusion: RgbdCnnFeatureFusion | None = None
-        self.stage_fusions: nn.ModuleList | None = None
-        self.missing_rgb_embedding: nn.Parameter | None = None
-        self.missing_depth_embedding: nn.Parameter | None = None
-        depth_name = "depth_values" + (" + depth_mask" if config.use_depth_mask else "")
         if config.modalities == "rgb":
-            self.rgb_stream = RgbdCnnStream(config, config.num_channels, "pixel_values")
+            self.rgb_stream = RgbdCnnStream(config, config.num_channels)
+            self.fusion: RgbdCnnFusion = RgbdCnnSingleModality("rgb")
         elif config.modalities == "depth":
-            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels, depth_name)
+            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels)
+            self.fusion = RgbdCnnSingleModality("depth")
         elif config.fusion_type == "early":
-            self.rgbd_stream = RgbdCnnStream(config, config.early_input_channels, "pixel_values + " + depth_name)
+            self.rgbd_stream = RgbdCnnStream(config, config.early_input_channels)
+            self.fusion = RgbdCnnEarlyFusion(config)
+        elif config.fusion_type == "feature":
+            self.rgb_stream = RgbdCnnStream(config, config.num_channels)
+            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels, RgbdCnnBranchStage)
+            self.feature_fusion = RgbdCnnFeatureJoin(config)
+            self.missing_rgb_embedding = nn.Parameter(torch.zeros(config.hidden_sizes[-1]))
+            self.missing_depth_embedding = nn.Parameter(torch.zeros(config.hidden_sizes[-1]))
+            self.fusion = RgbdCnnFeatureFusion()
         else:
-            self.rgb_stream = RgbdCnnStream(config, config.num_channels, "pixel_values")
-            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels, depth_name)
-            if config.fusion_type == "feature":
-                self.feature_fusion = RgbdCnnFeatureFusion(config)
-                self.missing_rgb_embedding = nn.Parameter(torch.zeros(config.hidden_sizes[-1]))
-                self.missing_depth_embedding = nn.Parameter(torch.zeros(config.hidden_sizes[-1]))
-            else:
-                channels = [config.embedding_size, *config.hidden_sizes]
-                self.stage_fusions = nn.ModuleList([RgbdCnnAttentionFusion(c, config) for c in channels])
-        self.depth_norm: RgbdCnnDepthNorm | None = None
+            self.rgb_stream = RgbdCnnStream(config, config.num_channels, RgbdCnnBranchStage)
+            self.depth_stream = RgbdCnnStream(config, config.depth_input_channels, RgbdCnnBranchStage)
+            channels = [config.embedding_size, *config.hidden_sizes]
+            self.stage_fusions = nn.ModuleList([RgbdCnnAttentionFusion(c, config) for c in channels])
+            self.fusion = RgbdCnnMultiStageFusion()
         if config.normalize_depth and config.modalities != "rgb":
             self.depth_norm = RgbdCnnDepthNorm(config.depth_channels)
         self.pooler = nn.AdaptiveAvgPool2d((1, 1))
         self.post_init()
 
+    @merge_with_config_defaults
+    @can_return_tuple
+    @_record_stream_maps
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
         depth_values: torch.FloatTensor | None = None,
         depth_mask: torch.BoolTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> RgbdCnnModelOutput | tuple:
+    ) -> RgbdCnnModelOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
@@ -491,49 +644,21 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                 `modalities="depth"`; ignored with `"rgb"`; may be None with `"rgbd"` (missing depth).
             depth_mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*):
                 True where depth is valid. Default: valid wherever every channel of `depth_values` is finite.
-            output_hidden_states (`bool`, *optional*): return the per-stage feature maps.
-            return_dict (`bool`, *optional*): return a [`RgbdCnnModelOutput`] instead of a tuple.
-            kwargs: ignored (e.g. other processor outputs such as `depth_token_ids`).
+            kwargs: `output_hidden_states` (return the per-stage feature maps) and `return_dict` (False: a tuple),
+                as in transformers models; anything else is ignored (e.g. other processor outputs such as
+                `depth_token_ids`).
 
         Returns:
             [`RgbdCnnModelOutput`] (or a tuple of its non-None fields).
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         pixel_values, depth_input = self._prepare_inputs(pixel_values, depth_values, depth_mask)
-        reference = pixel_values if pixel_values is not None else depth_input
-        batch_size, device = reference.shape[0], reference.device
-        rgb_present, depth_present = self._present_modalities(batch_size, device, pixel_values, depth_input)
-
-        depth_hidden_states = None
-        if self.rgbd_stream is not None:
-            last, hidden_states = self._forward_early(
-                pixel_values, depth_input, rgb_present, depth_present, output_hidden_states
-            )
-        elif self.feature_fusion is not None:
-            last, hidden_states, depth_hidden_states = self._forward_feature(
-                pixel_values, depth_input, rgb_present, depth_present, output_hidden_states
-            )
-        elif self.stage_fusions is not None:
-            last, hidden_states, depth_hidden_states = self._forward_multi_stage(
-                pixel_values, depth_input, rgb_present, depth_present, output_hidden_states
-            )
-        elif self.rgb_stream is not None:
-            last, hidden_states = self.rgb_stream(pixel_values, output_hidden_states)
-        else:
-            last, hidden_states = self.depth_stream(depth_input, output_hidden_states)
-        pooled = self.pooler(last).flatten(1)
-        modality_mask = torch.stack([rgb_present, depth_present], dim=1)
-        output = RgbdCnnModelOutput(
-            last_hidden_state=last,
-            pooler_output=pooled,
-            hidden_states=hidden_states,
-            depth_hidden_states=depth_hidden_states,
-            modality_mask=modality_mask,
+        inputs = RgbdCnnFusionInputs(pixel_values, depth_input, *self._present_modalities(pixel_values, depth_input))
+        last_hidden_state = self.fusion(self, inputs)
+        return RgbdCnnModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.pooler(last_hidden_state).flatten(1),
+            modality_mask=torch.stack([inputs.rgb_present, inputs.depth_present], dim=1),
         )
-        return output if return_dict else output.to_tuple()
 
     # -------------------------------------------------------------------------------------------- inputs
     def _prepare_inputs(
@@ -558,7 +683,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         if depth_mask is not None and depth_values is None:
             raise ValueError("`depth_mask` was given without `depth_values`.")
         if pixel_values is not None:
-            _check_image("pixel_values", pixel_values, config.num_channels, "config.num_channels")
+            check_image_tensor(pixel_values, "pixel_values", config.num_channels, "config.num_channels")
         if depth_values is None:
             if config.modalities == "rgbd" and config.modality_dropout[1] == 0:
                 logger.warning_once(
@@ -566,7 +691,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                     "(`modality_dropout[1] == 0`): predictions without depth may be poor."
                 )
             return pixel_values, None
-        _check_image("depth_values", depth_values, config.depth_channels, "config.depth_channels")
+        check_image_tensor(depth_values, "depth_values", config.depth_channels, "config.depth_channels")
         if pixel_values is None and config.modalities == "rgbd" and config.modality_dropout[0] == 0:
             logger.warning_once(
                 "`pixel_values` is None but this model was not configured with RGB dropout "
@@ -586,16 +711,11 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         if depth_mask is None:
             depth_mask = torch.isfinite(depth_values).all(dim=1, keepdim=True)
         else:
-            expected = (depth_values.shape[0], 1, *depth_values.shape[-2:])
-            if not isinstance(depth_mask, torch.Tensor) or tuple(depth_mask.shape) != expected:
-                shape = tuple(depth_mask.shape) if isinstance(depth_mask, torch.Tensor) else type(depth_mask)
-                raise ValueError(f"`depth_mask` must have shape {expected} (batch, 1, height, width), got {shape}.")
-            depth_mask = depth_mask if depth_mask.dtype == torch.bool else depth_mask != 0
-        if self.depth_norm is not None:
+            depth_mask = check_depth_mask(depth_mask, depth_values)
+        if config.normalize_depth:
             depth_input = self.depth_norm(depth_values, depth_mask)
         else:
-            zero = torch.zeros((), dtype=depth_values.dtype, device=depth_values.device)
-            depth_input = torch.where(depth_mask, depth_values, zero)
+            depth_input = torch.where(depth_mask, depth_values, depth_values.new_zeros(()))
         if config.fill_depth_holes:
             depth_input = fill_depth_holes(depth_input, depth_mask)
         if config.use_depth_mask:
@@ -603,15 +723,13 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         return pixel_values, depth_input
 
     def _present_modalities(
-        self,
-        batch_size: int,
-        device: torch.device,
-        pixel_values: torch.Tensor | None,
-        depth_input: torch.Tensor | None,
+        self, pixel_values: torch.Tensor | None, depth_input: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) bool each: which samples use RGB and depth. In training with `modality_dropout`, one uniform draw
         per sample (from torch's global generator) drops RGB if `u < p_rgb`, depth if `p_rgb <= u < p_rgb + p_depth`
         (never both; `draw_modality_dropout`); only when both inputs are given."""
+        reference = pixel_values if pixel_values is not None else depth_input
+        batch_size, device = reference.shape[0], reference.device
         p_rgb, p_depth = self.config.modality_dropout
         if self.training and pixel_values is not None and depth_input is not None and p_rgb + p_depth > 0:
             drop_rgb, drop_depth = draw_modality_dropout(self.config.modality_dropout, batch_size, device)
@@ -619,79 +737,6 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         rgb_present = torch.full((batch_size,), pixel_values is not None, dtype=torch.bool, device=device)
         depth_present = torch.full((batch_size,), depth_input is not None, dtype=torch.bool, device=device)
         return rgb_present, depth_present
-
-    # -------------------------------------------------------------------------------------------- fusions
-    def _forward_early(
-        self,
-        pixel_values: torch.Tensor | None,
-        depth_input: torch.Tensor | None,
-        rgb_present: torch.Tensor,
-        depth_present: torch.Tensor,
-        output_hidden_states: bool,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """One stream on `[pixel_values, depth_input]` (B, 3 + depth_channels (+1), H, W); missing parts are 0."""
-        reference = pixel_values if pixel_values is not None else depth_input
-        batch_size, height, width = reference.shape[0], reference.shape[2], reference.shape[3]
-        zero = torch.zeros((), dtype=reference.dtype, device=reference.device)
-        if pixel_values is None:
-            pixel_values = reference.new_zeros(batch_size, self.config.num_channels, height, width)
-        else:
-            pixel_values = torch.where(rgb_present[:, None, None, None], pixel_values, zero)
-        if depth_input is None:
-            depth_input = reference.new_zeros(batch_size, self.config.depth_input_channels, height, width)
-        else:
-            depth_input = torch.where(depth_present[:, None, None, None], depth_input, zero)
-        return self.rgbd_stream(torch.cat([pixel_values, depth_input], dim=1), output_hidden_states)
-
-    def _forward_feature(
-        self,
-        pixel_values: torch.Tensor | None,
-        depth_input: torch.Tensor | None,
-        rgb_present: torch.Tensor,
-        depth_present: torch.Tensor,
-        output_hidden_states: bool,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """Two streams, their last maps (B, C, h, w) joined by `feature_fusion`; a missing stream's map is its
-        learned "missing" embedding broadcast over positions."""
-        rgb_last = rgb_hidden = depth_last = depth_hidden = None
-        if pixel_values is not None:
-            rgb_last, rgb_hidden = self.rgb_stream(pixel_values, output_hidden_states)
-        if depth_input is not None:
-            depth_last, depth_hidden = self.depth_stream(depth_input, output_hidden_states)
-        shape = (rgb_last if rgb_last is not None else depth_last).shape
-        rgb_last = _fill_missing(rgb_last, rgb_present, self.missing_rgb_embedding, shape)
-        depth_last = _fill_missing(depth_last, depth_present, self.missing_depth_embedding, shape)
-        return self.feature_fusion(rgb_last, depth_last), rgb_hidden, depth_hidden
-
-    def _forward_multi_stage(
-        self,
-        pixel_values: torch.Tensor | None,
-        depth_input: torch.Tensor | None,
-        rgb_present: torch.Tensor,
-        depth_present: torch.Tensor,
-        output_hidden_states: bool,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """Two streams fused after the stem and after every stage; the RGB stream carries the fused maps on."""
-        rgb = self.rgb_stream.embedder(pixel_values) if pixel_values is not None else None
-        depth = self.depth_stream.embedder(depth_input) if depth_input is not None else None
-        rgb_mask = None if bool(rgb_present.all()) else rgb_present
-        depth_mask = None if bool(depth_present.all()) else depth_present
-        fused = self.stage_fusions[0](rgb, depth, rgb_mask, depth_mask)
-        hidden_states = (fused,) if output_hidden_states else None
-        depth_hidden_states = (depth,) if output_hidden_states and depth is not None else None
-        stages = zip(
-            self.rgb_stream.encoder.stages, self.depth_stream.encoder.stages, self.stage_fusions[1:], strict=True
-        )
-        for rgb_stage, depth_stage, fusion in stages:
-            rgb = rgb_stage(fused)
-            if depth is not None:
-                depth = depth_stage(depth)
-                if depth_hidden_states is not None:
-                    depth_hidden_states = depth_hidden_states + (depth,)
-            fused = fusion(rgb, depth, None, depth_mask)
-            if hidden_states is not None:
-                hidden_states = hidden_states + (fused,)
-        return fused, hidden_states, depth_hidden_states
 
 
 class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
@@ -710,36 +755,30 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
             self.classifier = nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
         depth_values: torch.FloatTensor | None = None,
         depth_mask: torch.BoolTensor | None = None,
         labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> RgbdCnnImageClassifierOutput | tuple:
+    ) -> RgbdCnnImageClassifierOutput:
         r"""
         Args:
-            pixel_values, depth_values, depth_mask, output_hidden_states: as in [`RgbdCnnModel.forward`].
+            pixel_values, depth_values, depth_mask: as in [`RgbdCnnModel.forward`].
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 class indices in `[0, num_labels)` (-100 = ignored) for the cross-entropy loss
                 (`self.loss_function`; float targets of shape `(batch_size, num_labels)` give the multi-label loss).
-            return_dict (`bool`, *optional*): return a [`RgbdCnnImageClassifierOutput`] instead of a tuple.
-            kwargs: `num_items_in_batch` (passed by `Trainer` under gradient accumulation: the loss is then the sum
-                over this batch divided by it); anything else is ignored.
+            kwargs: `output_hidden_states` and `return_dict` as in [`RgbdCnnModel.forward`]; `num_items_in_batch`
+                (passed by `Trainer` under gradient accumulation: the loss is then the sum over this batch divided
+                by it); anything else is ignored.
 
         Returns:
             [`RgbdCnnImageClassifierOutput`] (or a tuple of its non-None fields).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.rgbd_cnn(
-            pixel_values=pixel_values,
-            depth_values=depth_values,
-            depth_mask=depth_mask,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            pixel_values=pixel_values, depth_values=depth_values, depth_mask=depth_mask, return_dict=True, **kwargs
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
@@ -751,30 +790,16 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
                 config=self.config,
                 num_items_in_batch=kwargs.get("num_items_in_batch"),
             )
-        output = RgbdCnnImageClassifierOutput(
+        return RgbdCnnImageClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             depth_hidden_states=outputs.depth_hidden_states,
             modality_mask=outputs.modality_mask,
         )
-        return output if return_dict else output.to_tuple()
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _check_image(name: str, values: Any, channels: int, field: str) -> None:
-    if not isinstance(values, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(values).__name__}.")
-    if values.ndim != 4:
-        raise ValueError(f"`{name}` must have shape (batch, {channels}, height, width), got {tuple(values.shape)}.")
-    if values.shape[1] != channels:
-        raise ValueError(
-            f"`{name}` has {values.shape[1]} channels but {field}={channels} (shape {tuple(values.shape)})."
-        )
-    if not values.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor, got {values.dtype}.")
-
-
 def fill_depth_holes(depth: torch.Tensor, mask: torch.Tensor, levels: int = HOLE_FILL_LEVELS) -> torch.Tensor:
     """Fill holes with the mean of nearby valid values (push-pull over a pyramid of 2x2 blocks).
 
@@ -804,16 +829,20 @@ def fill_depth_holes(depth: torch.Tensor, mask: torch.Tensor, levels: int = HOLE
     return torch.where(mask, depth, estimate)
 
 
+def _where_present(present: torch.Tensor, values: torch.Tensor, absent: torch.Tensor) -> torch.Tensor:
+    """`values` (B, C, h, w) for the samples where `present` (B,) is True, `absent` (broadcast) for the others."""
+    return torch.where(present[:, None, None, None], values, absent)
+
+
 def _fill_missing(
     values: torch.Tensor | None, present: torch.Tensor, embedding: torch.Tensor, shape: torch.Size
 ) -> torch.Tensor:
-    """`values` (B, C, h, w) with absent samples replaced by `embedding` (C,) at every position."""
+    """`values` (B, C, h, w) with absent samples replaced by `embedding` (C,) at every position; `embedding`
+    broadcast to `shape` when `values` is None (missing for the whole batch)."""
     filler = embedding[None, :, None, None]
     if values is None:
         return filler.expand(shape)
-    if bool(present.all()):
-        return values
-    return torch.where(present[:, None, None, None], values, filler.to(values.dtype))
+    return _where_present(present, values, filler.to(values.dtype))
 
 
 __all__ = [
