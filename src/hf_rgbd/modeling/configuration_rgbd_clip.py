@@ -11,6 +11,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_rgbd_common import (
     RGBD_MODALITIES,
+    ModalityDropout,
     RgbdModalities,
     RgbdSharedConfigMixin,
     check_positive_int,
@@ -66,7 +67,7 @@ class RgbdClipConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     projection_dim: int = 512
     logit_scale_init_value: float | int = 2.6592
     modalities: RgbdModalities = "rgbd"
-    modality_dropout: list[float] | tuple[float, ...] | float = (0.0, 0.0)
+    modality_dropout: ModalityDropout = (0.0, 0.0)
     classifier_dropout: float | int = 0.0
     auxiliary_loss_weight: float | int = 0.0
     initializer_range: float = 0.02

@@ -9,6 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_rgbd_common import (
+    ModalityDropout,
     RgbdModalities,
     RgbdSharedConfigMixin,
     check_positive_int,
@@ -97,7 +98,7 @@ class RgbdCnnConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     fill_depth_holes: bool = True
     normalize_depth: bool = True
     feature_fusion: RgbdCnnFeatureFusionMode = "concat"
-    modality_dropout: list[float | int] | tuple[float | int, ...] | float | int = (0.0, 0.0)
+    modality_dropout: ModalityDropout = (0.0, 0.0)
     num_channels: Literal[3] = 3
     embedding_size: int = 64
     hidden_sizes: list[int] | tuple[int, ...] = (64, 128, 256, 512)

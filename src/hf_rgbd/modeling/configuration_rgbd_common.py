@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 RgbdModalities = Literal["rgbd", "rgb", "depth"]
 RGBD_MODALITIES: tuple[str, ...] = ("rgbd", "rgb", "depth")
+# type of the `modality_dropout` field: one probability for both modalities, or a pair (p_rgb, p_depth)
+ModalityDropout = list[float | int] | tuple[float | int, ...] | float | int
 
 
 def is_number(value: Any) -> bool:
@@ -76,6 +78,7 @@ class RgbdSharedConfigMixin:
 
 __all__ = [
     "RGBD_MODALITIES",
+    "ModalityDropout",
     "RgbdModalities",
     "RgbdSharedConfigMixin",
     "check_positive_int",
@@ -83,25 +86,3 @@ __all__ = [
     "is_number",
     "normalize_modality_dropout",
 ]
-
-
-# ------------------------------------------------------------------ legacy checks, removed once every config is strict
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
-
-
-def check_shared_fields(modalities: Any, modality_dropout: Any, classifier_dropout: Any) -> None:
-    check_choice("modalities", modalities, RGBD_MODALITIES)
-
-    class _Fields(RgbdSharedConfigMixin):
-        pass
-
-    fields = _Fields()
-    fields.modalities, fields.modality_dropout, fields.classifier_dropout = (
-        modalities,
-        modality_dropout,
-        classifier_dropout,
-    )
-    fields.validate_modality_dropout()
-    fields.validate_classifier_dropout()
