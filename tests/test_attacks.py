@@ -363,6 +363,17 @@ def test_bad_input(processor, model):
         PGD(model, steps=1, processor=processor)(batch)
     with pytest.raises(ValueError, match="steps"):
         PGD(model, steps=0)
+    for flag in ("targeted", "random_start"):
+        with pytest.raises(ValueError, match=flag):
+            PGD(model, **{flag: "yes"})
+    for name, bad in (
+        ("pixel_values", batch["pixel_values"].double().long()),
+        ("depth_values", batch["depth_values"][:, 0]),
+        ("depth_mask", batch["depth_mask"].float()),
+        ("depth_mask", batch["depth_mask"][:, :, :-1]),
+    ):
+        with pytest.raises(ValueError, match=name):
+            PGD(model, steps=1, processor=processor)({**batch, name: bad}, labels)
     with pytest.raises(ValueError, match="alpha"):
         RFGSM(model, budget={"pixel_values": 0.1}, alpha={"pixel_values": 0.2})
     tokens = make_processor(depth_vocab_size=16, depth_patch_size=8)

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from .base import AttackRun, RgbdAttack, _check_int
+from ..processors.validation_rgbd import check_int
+from .base import AttackRun, RgbdAttack
 from .objectives import AttackObjective, LossFunction
 
 
@@ -58,7 +59,7 @@ class APGD(RgbdAttack):
         rho: float = 0.75,
     ) -> None:
         super().__init__(
-            model, budget, steps=_check_int(steps, "steps", 1), random_start=True, n_restarts=n_restarts, loss=loss,
+            model, budget, steps=check_int(steps, "steps", 1), random_start=True, n_restarts=n_restarts, loss=loss,
             targeted=targeted, processor=processor, seed=seed,
         )  # fmt: skip
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:

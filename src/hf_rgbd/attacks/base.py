@@ -16,6 +16,7 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 
 from ..processors.depth_processing_rgbd import INVERTIBLE_REPRESENTATIONS, depth_token_ids
+from ..processors.validation_rgbd import check_depth_mask, check_flag, check_image_tensor, check_int
 from .objectives import AttackObjective, LossFunction, make_objective
 
 PERTURBABLE_INPUTS = ("pixel_values", "depth_values")
@@ -105,12 +106,6 @@ def _check_budget_dict(values: Any, name: str, allowed: tuple[str, ...]) -> dict
     return checked
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
-
-
 class RgbdAttack:
     r"""
     Base class of the attacks on RGB-D models through the Hugging Face forward API.
@@ -183,16 +178,16 @@ class RgbdAttack:
                 f"`alpha` names {sorted(extra)}, which `budget` does not; give steps for budgeted inputs."
             )
         self.alpha = {name: alpha.get(name, eps * self.alpha_fraction) for name, eps in self.budget.items()}
-        self.steps = _check_int(steps, "steps", 0)
-        self.random_start = bool(random_start)
-        self.n_restarts = _check_int(n_restarts, "n_restarts", 1)
-        self.targeted = bool(targeted)
+        self.steps = check_int(steps, "steps", 0)
+        self.random_start = check_flag(random_start, "random_start")
+        self.n_restarts = check_int(n_restarts, "n_restarts", 1)
+        self.targeted = check_flag(targeted, "targeted")
         self.objective = make_objective(loss, self.targeted)
         self.objective.check_model(model, self.targeted)
         self.loss = loss
         self.processor = processor
         self._check_processor()
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0)
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -216,7 +211,7 @@ class RgbdAttack:
     def manual_seed(self, seed: int | None = None) -> RgbdAttack:
         """Restart the attack's random generator (from `seed`, default the constructor's)."""
         if seed is not None:
-            self.seed = _check_int(seed, "seed", 0)
+            self.seed = check_int(seed, "seed", 0)
         self._generator = None
         return self
 
@@ -334,12 +329,7 @@ class AttackRun:
         return value.clone() if value.is_inference() else value
 
     def _modality(self, name: str, batch: dict[str, Any]) -> _Modality:
-        values = batch[name]
-        if not isinstance(values, torch.Tensor) or values.ndim != 4 or not values.is_floating_point():
-            raise ValueError(
-                f"`{name}` must be a floating-point (B, C, H, W) tensor, got {getattr(values, 'shape', type(values))}."
-            )
-        values = values.detach()
+        values = check_image_tensor(batch[name], name).detach()
         processor = self.attack.processor
         eps, alpha = self.attack.budget[name], self.attack.alpha[name]
         if name == "pixel_values":
@@ -356,8 +346,7 @@ class AttackRun:
 
         mask = batch.get("depth_mask")
         if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape[0] != values.shape[0]:
-                raise ValueError("`depth_mask` must be a bool (B, 1, H, W) tensor matching `depth_values`.")
+            check_depth_mask(mask, values)
         if processor is None:
             mask = (torch.isfinite(values) & (values > 0)) if mask is None else mask
             return _Modality(name, eps, alpha, values, 0.0, math.inf, mask, lambda x: x)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..processors.validation_rgbd import check_labels
+
 LOSSES = ("ce", "margin", "dlr")
 
 LossFunction = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -92,13 +94,7 @@ class AttackObjective:
         """Validate `labels` (B,) and move them to `device`."""
         if labels is None:
             raise ValueError("`labels` are required: pass them to the attack or as `labels` in the inputs.")
-        labels = torch.as_tensor(labels)
-        if labels.ndim != 1 or labels.shape[0] != batch_size or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(
-                f"`labels` must be an integer tensor of shape ({batch_size},), got {labels.dtype} "
-                f"{tuple(labels.shape)}."
-            )
-        labels = labels.to(device=device, dtype=torch.long)
+        labels = check_labels(labels, batch_size).to(device=device, dtype=torch.long)
         return labels.clone() if labels.is_inference() else labels
 
     def couples_samples(self, perturbed: set[str]) -> bool:

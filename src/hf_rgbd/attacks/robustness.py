@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.image_processing_utils import BatchFeature
 
+from ..processors.validation_rgbd import check_int
 from ..training.classification import split_to_tensors
 from .base import AttackResult, RgbdAttack, _model_device, model_inputs
 
@@ -85,8 +86,7 @@ def evaluate_robustness(
             raise ValueError(f"`attacks[{name!r}]` must be an hf-rgbd attack, got {type(attack).__name__}.")
         if attack.targeted:
             raise ValueError(f"`attacks[{name!r}]` is targeted; robustness is evaluated with untargeted attacks.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    check_int(batch_size, "batch_size", 1)
     if len(dataset) == 0:
         raise ValueError("`dataset` is empty.")
 

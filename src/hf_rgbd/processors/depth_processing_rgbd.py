@@ -13,6 +13,13 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .depth_hha import compute_hha
 from .geometry_rgbd import ResizeCropPlan, nearest_indices, plan_resize_crop, transform_intrinsics
+from .validation_rgbd import (
+    check_depth_mask,
+    check_flag,
+    check_image_tensor,
+    check_intrinsics,
+    check_pinhole_values,
+)
 
 REPRESENTATIONS = ("metric", "disparity", "log", "per_image", "dataset", "hha")
 # Representations with an exact, differentiable inverse (what attacks need to state budgets in metres).
@@ -188,7 +195,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
         data = {"depth_values": self.from_metres(depth_m, depth_mask, intrinsics_out), "depth_mask": depth_mask}
         if self.depth_vocab_size is not None:
             data["depth_token_ids"] = self.depth_tokens(depth_m, depth_mask)
-        if return_intrinsics:
+        if check_flag(return_intrinsics, "return_intrinsics"):
             if intrinsics_out is None:
                 raise ValueError("`return_intrinsics=True` needs `intrinsics`.")
             data["intrinsics"] = intrinsics_out
@@ -209,6 +216,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             depth_m (B, 1, H, W) float32 metres with 0 at holes, depth_mask (B, 1, H, W) bool, and the rescaled
             intrinsics (B, 3, 3) float32 (None when `intrinsics` is None).
         """
+        allow_aspect_change = check_flag(allow_aspect_change, "allow_aspect_change")
         scale = self.depth_scale if depth_scale is None else _check_depth_scale(depth_scale)
         maps = to_depth_tensors(depths)
         if plans is None:
@@ -367,22 +375,15 @@ class RgbdDepthProcessor(BaseImageProcessor):
             raise ValueError(
                 '`representation="disparity"` needs `intrinsics` (fx of the rescaled camera matrix), per depth map.'
             )
-        intrinsics = torch.as_tensor(intrinsics, device=like.device)
-        if intrinsics.ndim != 3 or intrinsics.shape[1:] != (3, 3) or intrinsics.shape[0] != like.shape[0]:
-            raise ValueError(
-                f"`intrinsics` must have shape ({like.shape[0]}, 3, 3) for this batch, got {tuple(intrinsics.shape)}."
-            )
+        intrinsics = check_intrinsics(torch.as_tensor(intrinsics, device=like.device), like.shape[0])
         return intrinsics[:, 0, 0].to(like.dtype).view(-1, 1, 1, 1)
 
     @staticmethod
     def _check_maps(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(values, torch.Tensor) or values.ndim != 4:
-            raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got {getattr(values, 'shape', type(values))}.")
+        check_image_tensor(values, name)
         if mask is None:
             mask = torch.isfinite(values) & (values > 0)
-        if mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[0] != values.shape[0]:
-            raise ValueError(f"`depth_mask` must be a bool (B, 1, H, W) tensor matching `{name}`.")
-        return values, mask
+        return values, check_depth_mask(mask, values, values_name=name)
 
 
 def _check_follows_rgb(maps: list[torch.Tensor], plans: list[ResizeCropPlan], allow_aspect_change: bool) -> None:
@@ -524,8 +525,9 @@ def _intrinsics_list(intrinsics: Any, batch_size: int) -> list[torch.Tensor]:
     if len(matrices) != batch_size:
         raise ValueError(f"`intrinsics` has {len(matrices)} matrices for {batch_size} depth maps.")
     for k in matrices:
-        if k.shape != (3, 3) or not bool(torch.isfinite(k).all()) or not (k[0, 0] > 0 and k[1, 1] > 0):
-            raise ValueError("each `intrinsics` matrix must be a finite 3x3 pinhole matrix with fx > 0 and fy > 0.")
+        if k.shape != (3, 3):
+            raise ValueError(f"each `intrinsics` matrix must be 3x3, got {tuple(k.shape)}.")
+    check_pinhole_values(torch.stack(matrices))
     return matrices
 
 

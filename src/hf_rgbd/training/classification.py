@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..processors.validation_rgbd import check_int
+
 INPUT_KEYS = ("pixel_values", "depth_values", "depth_mask")
 #: the model inputs each value of the shared `modalities` config field reads
 MODALITY_INPUT_KEYS = {
@@ -95,8 +97,7 @@ def random_flip_shift(
     """Aligned augmentation of a batch of (B, C, H, W) maps (RGB, depth, mask, ...): per sample a random horizontal
     flip (p = 1/2) and a translation by up to `max_shift` pixels in each direction, the same for every map of the
     sample. Pixels shifted in from outside are zeros (holes for `depth_mask`). Draws from `generator` only."""
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"`max_shift` must be an int >= 0 (pixels), got {max_shift!r}.")
+    check_int(max_shift, "max_shift", 0)
     first = next(iter(inputs.values()))
     count, height, width = first.shape[0], first.shape[-2], first.shape[-1]
     device = first.device
@@ -177,8 +178,8 @@ def train_classifier(
     Returns:
         [`ClassifierTrainingResult`]; the model is left in eval mode.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"`epochs` and `batch_size` must be positive, got {epochs} and {batch_size}.")
+    check_int(epochs, "epochs", 1)
+    check_int(batch_size, "batch_size", 1)
     if max_grad_norm is not None and (
         isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
     ):
