@@ -16,7 +16,8 @@ from transformers import AutoImageProcessor, AutoProcessor
 
 import hf_rgbd  # noqa: F401  (registers the Auto classes)
 from hf_rgbd import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.processors import decode_sunrgbd_depth, depth_token_ids
+from hf_rgbd.processors import INVERTIBLE_REPRESENTATIONS, REPRESENTATIONS, decode_sunrgbd_depth, depth_token_ids
+from hf_rgbd.processors.depth_processing_rgbd import DEPTH_REPRESENTATIONS
 
 K = np.array([[50.0, 0.0, 31.5], [0.0, 50.0, 23.5], [0.0, 0.0, 1.0]], dtype=np.float32)  # 64x48 image
 
@@ -129,6 +130,12 @@ class TestRepresentations:
         processor = RgbdDepthProcessor(**kwargs)
         out = processor(self.depth, intrinsics=K, return_intrinsics=True)
         return processor, out
+
+    def test_representation_names_come_from_the_table(self):
+        assert REPRESENTATIONS == ("metric", "disparity", "log", "per_image", "dataset", "hha")
+        assert INVERTIBLE_REPRESENTATIONS == ("metric", "disparity", "log", "dataset")
+        assert all(RgbdDepthProcessor(representation=name, depth_mean=1.0, depth_std=1.0).num_channels
+                   == DEPTH_REPRESENTATIONS[name].channels for name in REPRESENTATIONS)  # fmt: skip
 
     def test_mask_and_zero_at_holes(self):
         for representation in ("metric", "disparity", "log", "per_image", "dataset"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
@@ -21,9 +22,98 @@ from .validation_rgbd import (
     check_pinhole_values,
 )
 
-REPRESENTATIONS = ("metric", "disparity", "log", "per_image", "dataset", "hha")
+# A map between metres and model values: (processor, safe, depth_mask, intrinsics) -> values, where `safe`
+# (B, 1, H, W) holds the input with holes replaced by 1 (keeps gradients finite) and `intrinsics` is (B, 3, 3) or
+# None. It reads its parameters from the processor; the caller sets holes to 0 afterwards.
+DepthMap = Callable[["RgbdDepthProcessor", torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DepthRepresentation:
+    """One depth representation: the `channels` of its model values and the pair of maps (`from_metres`: metres ->
+    model values, `to_metres`: model values -> metres). `to_metres` is None when there is no inverse, and
+    `not_invertible_because` then says why."""
+
+    channels: int
+    from_metres: DepthMap
+    to_metres: DepthMap | None = None
+    not_invertible_because: str = ""
+
+
+def _metric_from_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    return safe / processor.max_depth
+
+
+def _metric_to_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    return safe * processor.max_depth
+
+
+def _disparity(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    """baseline * fx / value: its own inverse (metres -> disparity and disparity -> metres)."""
+    if intrinsics is None:
+        raise ValueError(
+            '`representation="disparity"` needs `intrinsics` (fx of the rescaled camera matrix), per depth map.'
+        )
+    intrinsics = check_intrinsics(torch.as_tensor(intrinsics, device=safe.device), safe.shape[0])
+    focal_length = intrinsics[:, 0, 0].to(safe.dtype).view(-1, 1, 1, 1)
+    return processor.baseline * focal_length / safe
+
+
+def _log_from_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    low, high = math.log(processor.min_depth), math.log(processor.max_depth)
+    return (torch.log(safe) - low) / (high - low)
+
+
+def _log_to_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    low, high = math.log(processor.min_depth), math.log(processor.max_depth)
+    return torch.exp(safe * (high - low) + low)
+
+
+def _per_image_from_metres(
+    processor: RgbdDepthProcessor, safe: torch.Tensor, mask: torch.Tensor, intrinsics: Any
+) -> torch.Tensor:
+    return _standardise_valid(safe, mask)
+
+
+def _dataset_from_metres(
+    processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any
+) -> torch.Tensor:
+    return (safe - processor.depth_mean) / processor.depth_std
+
+
+def _dataset_to_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    return safe * processor.depth_std + processor.depth_mean
+
+
+def _hha_from_metres(
+    processor: RgbdDepthProcessor, safe: torch.Tensor, mask: torch.Tensor, intrinsics: Any
+) -> torch.Tensor:
+    if intrinsics is None:
+        raise ValueError('`representation="hha"` requires `intrinsics` (camera matrix per depth map).')
+    with torch.no_grad():
+        return compute_hha(torch.where(mask, safe, 0.0), mask, intrinsics)
+
+
+# Every representation the processor offers, by name (in the order of `REPRESENTATIONS`).
+DEPTH_REPRESENTATIONS: dict[str, DepthRepresentation] = {
+    "metric": DepthRepresentation(1, _metric_from_metres, _metric_to_metres),
+    "disparity": DepthRepresentation(1, _disparity, _disparity),
+    "log": DepthRepresentation(1, _log_from_metres, _log_to_metres),
+    "per_image": DepthRepresentation(
+        1,
+        _per_image_from_metres,
+        not_invertible_because="each map is standardised with its own mean and standard deviation, which are not kept",
+    ),
+    "dataset": DepthRepresentation(1, _dataset_from_metres, _dataset_to_metres),
+    "hha": DepthRepresentation(
+        3,
+        _hha_from_metres,
+        not_invertible_because="its channels mix depth with the estimated gravity and lowest scene point",
+    ),
+}
+REPRESENTATIONS = tuple(DEPTH_REPRESENTATIONS)
 # Representations with an exact, differentiable inverse (what attacks need to state budgets in metres).
-INVERTIBLE_REPRESENTATIONS = ("metric", "disparity", "log", "dataset")
+INVERTIBLE_REPRESENTATIONS = tuple(name for name, rep in DEPTH_REPRESENTATIONS.items() if rep.to_metres is not None)
 DEPTH_ENCODINGS = ("plain", "sunrgbd")
 IGNORE_INDEX = -100  # depth token of a patch without valid depth: ignored by cross-entropy
 
@@ -147,7 +237,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
     @property
     def num_channels(self) -> int:
         """Channels of `depth_values`: 3 for HHA, else 1."""
-        return 3 if self.representation == "hha" else 1
+        return DEPTH_REPRESENTATIONS[self.representation].channels
 
     # ------------------------------------------------------------------ main entry points
     def __call__(self, depths: Any, **kwargs: Any) -> BatchFeature:
@@ -291,23 +381,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
         """
         depth_m, depth_mask = self._check_maps(depth_m, depth_mask, "depth_m")
         safe = torch.where(depth_mask, depth_m, torch.ones_like(depth_m))  # keeps gradients finite at holes
-        rep = self.representation
-        if rep == "metric":
-            values = safe / self.max_depth
-        elif rep == "disparity":
-            values = self.baseline * self._focal_length(intrinsics, depth_m) / safe
-        elif rep == "log":
-            low, high = math.log(self.min_depth), math.log(self.max_depth)
-            values = (torch.log(safe) - low) / (high - low)
-        elif rep == "dataset":
-            values = (safe - self.depth_mean) / self.depth_std
-        elif rep == "per_image":
-            values = _standardise_valid(safe, depth_mask)
-        else:  # hha
-            if intrinsics is None:
-                raise ValueError('`representation="hha"` requires `intrinsics` (camera matrix per depth map).')
-            with torch.no_grad():
-                values = compute_hha(torch.where(depth_mask, depth_m, 0.0), depth_mask, intrinsics)
+        values = DEPTH_REPRESENTATIONS[self.representation].from_metres(self, safe, depth_mask, intrinsics)
         return torch.where(depth_mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
     def to_metres(
@@ -329,30 +403,18 @@ class RgbdDepthProcessor(BaseImageProcessor):
         Returns:
             (B, 1, H, W) depth in metres.
         """
-        rep = self.representation
-        if rep not in INVERTIBLE_REPRESENTATIONS:
-            reason = (
-                "each map is standardised with its own mean and standard deviation, which are not kept"
-                if rep == "per_image"
-                else "its channels mix depth with the estimated gravity and lowest scene point"
-            )
+        representation = DEPTH_REPRESENTATIONS[self.representation]
+        if representation.to_metres is None:
             raise ValueError(
-                f'`to_metres` is not available for representation="{rep}": {reason}. Use one of '
-                f"{INVERTIBLE_REPRESENTATIONS} to state depth budgets in metres."
+                f'`to_metres` is not available for representation="{self.representation}": '
+                f"{representation.not_invertible_because}. Use one of {INVERTIBLE_REPRESENTATIONS} to state depth "
+                "budgets in metres."
             )
         if depth_mask is None:
             depth_mask = depth_values != 0
         depth_values, depth_mask = self._check_maps(depth_values, depth_mask, "depth_values")
         safe = torch.where(depth_mask, depth_values, torch.ones_like(depth_values))
-        if rep == "metric":
-            metres = safe * self.max_depth
-        elif rep == "disparity":
-            metres = self.baseline * self._focal_length(intrinsics, depth_values) / safe
-        elif rep == "log":
-            low, high = math.log(self.min_depth), math.log(self.max_depth)
-            metres = torch.exp(safe * (high - low) + low)
-        else:  # dataset
-            metres = safe * self.depth_std + self.depth_mean
+        metres = representation.to_metres(self, safe, depth_mask, intrinsics)
         return torch.where(depth_mask, metres, torch.zeros((), dtype=metres.dtype, device=metres.device))
 
     def depth_tokens(self, depth_m: torch.Tensor, depth_mask: torch.Tensor) -> torch.Tensor:
@@ -369,14 +431,6 @@ class RgbdDepthProcessor(BaseImageProcessor):
         return depth_token_ids(
             depth_m, depth_mask, self.depth_vocab_size, self.depth_patch_size, self.min_depth, self.max_depth
         )
-
-    def _focal_length(self, intrinsics: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        if intrinsics is None:
-            raise ValueError(
-                '`representation="disparity"` needs `intrinsics` (fx of the rescaled camera matrix), per depth map.'
-            )
-        intrinsics = check_intrinsics(torch.as_tensor(intrinsics, device=like.device), like.shape[0])
-        return intrinsics[:, 0, 0].to(like.dtype).view(-1, 1, 1, 1)
 
     @staticmethod
     def _check_maps(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
