@@ -28,6 +28,7 @@ from hf_rgbd.attacks import (
     PGDL2,
     RFGSM,
     AdversarialTrainer,
+    ClassificationObjective,
     RetrievalObjective,
     dlr_loss,
     margin_loss,
@@ -289,6 +290,33 @@ def test_targeted_attack_reaches_targets(processor, model):
         adversarial = model(**result.inputs).logits.argmax(1)
     assert (adversarial == targets).sum() > (clean == targets).sum()
     assert bool((adversarial[result.success] == targets[result.success]).all())
+
+
+def test_targeted_lives_on_the_attack(processor, model):
+    # One objective serves a targeted and an untargeted attack: it keeps no `targeted` of its own.
+    batch, labels = make_batch(processor)
+    objective = ClassificationObjective("dlr")
+    targeted = APGD(model, steps=2, loss=objective, targeted=True, processor=processor)
+    untargeted = APGD(model, steps=2, loss=objective, processor=processor)
+    assert not hasattr(objective, "targeted") and targeted.objective is untargeted.objective
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert torch.equal(objective.loss({"logits": logits}, labels, True), dlr_loss(logits, labels, targeted=True))
+    assert torch.equal(objective.loss({"logits": logits}, labels, False), dlr_loss(logits, labels))
+    assert not torch.equal(
+        targeted.perturb(batch, labels).inputs["pixel_values"],
+        untargeted.perturb(batch, labels).inputs["pixel_values"],
+    )
+
+
+def test_step_counts_are_checked_once(model):
+    for attack_class in (PGD, PGDL2, APGD):
+        with pytest.raises(ValueError, match="steps"):
+            attack_class(model, steps=0)
+    for attack_class in (PGD, BIM, MIFGSM, APGD):
+        with pytest.raises(ValueError, match="steps"):
+            attack_class(model, steps=2.0)
+    assert MIFGSM(model, steps=0).steps == 0 and BIM(model, steps=3).steps == 3
 
 
 def test_callable_loss(processor, model):

@@ -18,7 +18,7 @@ from transformers.image_processing_utils import BatchFeature
 
 from ..processors.validation_rgbd import check_int
 from ..training.classification import split_to_tensors
-from .base import AttackResult, RgbdAttack, _model_device, model_inputs
+from .base import AttackResult, RgbdAttack, model_device, model_inputs
 
 
 def _batches(processor: Any, dataset: Any, batch_size: int) -> list[tuple[BatchFeature, torch.Tensor]]:
@@ -90,7 +90,7 @@ def evaluate_robustness(
     if len(dataset) == 0:
         raise ValueError("`dataset` is empty.")
 
-    device = _model_device(model)
+    device = model_device(model)
     was_training = [(module, module.training) for module in model.modules()]
     model.eval()
     output_path = None if output_dir is None else Path(output_dir)
