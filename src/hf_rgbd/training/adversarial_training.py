@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from ..attacks import PGD, RgbdAttack
 from ..processors.validation_rgbd import check_flag
-from .base import RgbdAttack
-from .gradient_attacks import PGD
 
 
 class AdversarialTrainer(Trainer):

@@ -16,9 +16,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers.image_processing_utils import BatchFeature
 
+from ..attacks import AttackResult, RgbdAttack
+from ..attacks.base import model_device, model_inputs
+from ..data.splits import split_to_tensors
 from ..processors.validation_rgbd import check_int
-from ..training.classification import split_to_tensors
-from .base import AttackResult, RgbdAttack, model_device, model_inputs
 
 
 def _batches(processor: Any, dataset: Any, batch_size: int) -> list[tuple[BatchFeature, torch.Tensor]]:
