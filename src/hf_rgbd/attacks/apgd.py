@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..processors.validation_rgbd import is_number
 from .base import AttackRun, RgbdAttack
 from .objectives import AttackObjective, LossFunction
 from .perturbation_space import Iterate
@@ -63,7 +64,7 @@ class APGD(RgbdAttack):
             model, budget, steps=steps, random_start=True, n_restarts=n_restarts, loss=loss,
             targeted=targeted, processor=processor, seed=seed,
         )  # fmt: skip
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+        if not is_number(rho) or not 0 < rho <= 1:
             raise ValueError(f"`rho` must be in (0, 1], got {rho!r}.")
         self.rho = float(rho)
 

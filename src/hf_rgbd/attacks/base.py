@@ -18,7 +18,7 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 
 from ..processors.depth_processing_rgbd import depth_token_ids
-from ..processors.validation_rgbd import check_flag, check_int
+from ..processors.validation_rgbd import check_flag, check_int, is_number
 from .objectives import AttackObjective, LossFunction, make_objective
 from .perturbation_space import Iterate, PerturbationSpace, check_processor
 from .tracking import AttackResult, IterateTracker, perturbation_norms
@@ -66,7 +66,7 @@ def _check_budget_dict(values: Any, name: str, allowed: tuple[str, ...]) -> dict
     for key, value in values.items():
         if key not in allowed:
             raise ValueError(f"`{name}` names {key!r}; an attack perturbs only {allowed}.")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not is_number(value) or not math.isfinite(value) or value < 0:
             raise ValueError(f"`{name}[{key!r}]` must be a finite number >= 0, got {value!r}.")
         checked[key] = float(value)
     return checked

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..processors.validation_rgbd import is_number
 from .base import AttackRun, RgbdAttack
 from .objectives import AttackObjective, LossFunction
 from .perturbation_space import Iterate
@@ -206,7 +207,7 @@ class MIFGSM(RgbdAttack):
             model, budget, alpha, steps=steps, random_start=False, loss=loss, targeted=targeted, processor=processor,
             seed=seed,
         )  # fmt: skip
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+        if not is_number(decay) or decay < 0:
             raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
         self.decay = float(decay)
 

@@ -20,6 +20,7 @@ from .validation_rgbd import (
     check_image_tensor,
     check_intrinsics,
     check_pinhole_values,
+    is_number,
 )
 
 # A map between metres and model values: (processor, safe, depth_mask, intrinsics) -> values, where `safe`
@@ -599,7 +600,7 @@ def _standardise_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def _check_depth_scale(depth_scale: Any) -> float:
-    if isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float)) or not 0 < depth_scale < math.inf:
+    if not is_number(depth_scale) or not 0 < depth_scale < math.inf:
         raise ValueError(f"`depth_scale` must be a positive number of metres per unit, got {depth_scale!r}.")
     return float(depth_scale)
 

@@ -28,6 +28,11 @@ def check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def is_number(value: Any) -> bool:
+    """Whether `value` is a Python int or float and not a bool (the type test of every numeric setting)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_int(value: Any, name: str, minimum: int) -> int:
     """`value` unchanged if it is an int (not a bool) >= `minimum`; ValueError naming `name` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -96,4 +101,5 @@ __all__ = [
     "check_intrinsics",
     "check_labels",
     "check_pinhole_values",
+    "is_number",
 ]

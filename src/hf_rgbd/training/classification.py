@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.augmentation import random_flip_shift
-from ..processors.validation_rgbd import check_int
+from ..processors.validation_rgbd import check_int, is_number
 
 INPUT_KEYS = ("pixel_values", "depth_values", "depth_mask")
 #: the model inputs each value of the shared `modalities` config field reads
@@ -114,9 +114,7 @@ def train_classifier(
     """
     check_int(epochs, "epochs", 1)
     check_int(batch_size, "batch_size", 1)
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
-    ):
+    if max_grad_norm is not None and not (is_number(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
     if (validation_inputs is None) != (validation_labels is None):
         raise ValueError("pass both `validation_inputs` and `validation_labels`, or neither.")
