@@ -16,7 +16,8 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 
 from hf_rgbd import RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.training import classification_accuracy, split_to_tensors, train_cnn_classifier
+from hf_rgbd.data import split_to_tensors
+from hf_rgbd.training import classification_accuracy, train_cnn_classifier
 
 accuracy = classification_accuracy
 

@@ -59,8 +59,7 @@ def parse_args() -> argparse.Namespace:
 def build_tensors(data_seed: int) -> tuple[dict[str, dict], list[str], float]:
     """{split: {"metric": inputs, "hha": inputs, "labels": tensor}}, the class names, and the seconds it took."""
     from hf_rgbd import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-    from hf_rgbd.data import make_synthetic_rgbd
-    from hf_rgbd.training import split_to_tensors
+    from hf_rgbd.data import make_synthetic_rgbd, split_to_tensors
 
     start = time.perf_counter()
     dataset = make_synthetic_rgbd(seed=data_seed)

@@ -15,8 +15,10 @@ import torch
 from _attack_script_utils import accuracy, add_data_arguments, fused_classifier, make_processor, process_split
 from transformers import TrainingArguments
 
-from hf_rgbd.attacks import PGD, AdversarialTrainer, evaluate_robustness
+from hf_rgbd.attacks import PGD
 from hf_rgbd.data import make_synthetic_rgbd
+from hf_rgbd.evaluation import evaluate_robustness
+from hf_rgbd.training import AdversarialTrainer
 
 RGB_BUDGETS = (1 / 255, 2 / 255, 4 / 255)
 DEPTH_BUDGETS = (0.01, 0.02, 0.05)  # metres

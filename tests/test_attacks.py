@@ -3,12 +3,19 @@ one-forward-one-backward step structure, objectives, retrieval attacks, bad inpu
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from transformers import TrainingArguments
 from transformers.image_processing_utils import BatchFeature
 
+import hf_rgbd
+import hf_rgbd.attacks
 from hf_rgbd import (
     RgbdClipConfig,
     RgbdClipForImageClassification,
@@ -27,12 +34,13 @@ from hf_rgbd.attacks import (
     PGD,
     PGDL2,
     RFGSM,
-    AdversarialTrainer,
+    ClassificationObjective,
     RetrievalObjective,
     dlr_loss,
     margin_loss,
 )
 from hf_rgbd.processors import depth_token_ids
+from hf_rgbd.training import AdversarialTrainer
 
 torch.set_num_threads(1)
 
@@ -291,6 +299,33 @@ def test_targeted_attack_reaches_targets(processor, model):
     assert bool((adversarial[result.success] == targets[result.success]).all())
 
 
+def test_targeted_lives_on_the_attack(processor, model):
+    # One objective serves a targeted and an untargeted attack: it keeps no `targeted` of its own.
+    batch, labels = make_batch(processor)
+    objective = ClassificationObjective("dlr")
+    targeted = APGD(model, steps=2, loss=objective, targeted=True, processor=processor)
+    untargeted = APGD(model, steps=2, loss=objective, processor=processor)
+    assert not hasattr(objective, "targeted") and targeted.objective is untargeted.objective
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert torch.equal(objective.loss({"logits": logits}, labels, True), dlr_loss(logits, labels, targeted=True))
+    assert torch.equal(objective.loss({"logits": logits}, labels, False), dlr_loss(logits, labels))
+    assert not torch.equal(
+        targeted.perturb(batch, labels).inputs["pixel_values"],
+        untargeted.perturb(batch, labels).inputs["pixel_values"],
+    )
+
+
+def test_step_counts_are_checked_once(model):
+    for attack_class in (PGD, PGDL2, APGD):
+        with pytest.raises(ValueError, match="steps"):
+            attack_class(model, steps=0)
+    for attack_class in (PGD, BIM, MIFGSM, APGD):
+        with pytest.raises(ValueError, match="steps"):
+            attack_class(model, steps=2.0)
+    assert MIFGSM(model, steps=0).steps == 0 and BIM(model, steps=3).steps == 3
+
+
 def test_callable_loss(processor, model):
     batch, labels = make_batch(processor)
 
@@ -363,6 +398,17 @@ def test_bad_input(processor, model):
         PGD(model, steps=1, processor=processor)(batch)
     with pytest.raises(ValueError, match="steps"):
         PGD(model, steps=0)
+    for flag in ("targeted", "random_start"):
+        with pytest.raises(ValueError, match=flag):
+            PGD(model, **{flag: "yes"})
+    for name, bad in (
+        ("pixel_values", batch["pixel_values"].double().long()),
+        ("depth_values", batch["depth_values"][:, 0]),
+        ("depth_mask", batch["depth_mask"].float()),
+        ("depth_mask", batch["depth_mask"][:, :, :-1]),
+    ):
+        with pytest.raises(ValueError, match=name):
+            PGD(model, steps=1, processor=processor)({**batch, name: bad}, labels)
     with pytest.raises(ValueError, match="alpha"):
         RFGSM(model, budget={"pixel_values": 0.1}, alpha={"pixel_values": 0.2})
     tokens = make_processor(depth_vocab_size=16, depth_patch_size=8)
@@ -425,3 +471,35 @@ def test_adversarial_trainer(tmp_path, processor):
     assert isinstance(trainer.attack, PGD)
     with pytest.raises(ValueError, match="attack"):
         AdversarialTrainer(model=model, args=args, attack=PGD(make_model(), processor=processor))
+
+
+# ------------------------------------------------------------------------------------------------ rooms
+def test_attacks_import_nothing_above_them():
+    # attacks/ holds the algorithms; evaluation and training stand above it and import it, never the reverse.
+    attacks_dir = Path(hf_rgbd.attacks.__file__).parent
+    for source in attacks_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):  # every import, also those inside functions
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("..training", "..evaluation", "..pipelines", "hf_rgbd.")), (source, name)
+    for moved in ("evaluate_robustness", "AdversarialTrainer"):
+        assert not hasattr(hf_rgbd.attacks, moved)
+
+
+def test_moved_names_stay_importable_from_the_package():
+    import hf_rgbd.data
+    import hf_rgbd.evaluation
+    import hf_rgbd.training
+
+    assert hf_rgbd.evaluate_robustness is hf_rgbd.evaluation.evaluate_robustness
+    assert hf_rgbd.AdversarialTrainer is hf_rgbd.training.AdversarialTrainer
+    assert {"split_to_tensors", "random_flip_shift"} <= set(hf_rgbd.data.__all__)
+    # `import hf_rgbd` stays light: AdversarialTrainer (transformers.Trainer) loads on first use only.
+    script = "import sys, hf_rgbd; assert 'transformers.trainer' not in sys.modules; print('LAZY-OK')"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "LAZY-OK" in result.stdout, result.stderr[-2000:]

@@ -16,7 +16,8 @@ from transformers import AutoImageProcessor, AutoProcessor
 
 import hf_rgbd  # noqa: F401  (registers the Auto classes)
 from hf_rgbd import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.processors import decode_sunrgbd_depth, depth_token_ids
+from hf_rgbd.processors import INVERTIBLE_REPRESENTATIONS, REPRESENTATIONS, decode_sunrgbd_depth, depth_token_ids
+from hf_rgbd.processors.depth_processing_rgbd import DEPTH_REPRESENTATIONS
 
 K = np.array([[50.0, 0.0, 31.5], [0.0, 50.0, 23.5], [0.0, 0.0, 1.0]], dtype=np.float32)  # 64x48 image
 
@@ -106,6 +107,14 @@ class TestImageProcessor:
         with pytest.raises(ValueError, match="size"):
             RgbdImageProcessor(size={"width": 3})
 
+    @pytest.mark.parametrize("flag", ["do_resize", "do_center_crop", "do_rescale", "do_normalize"])
+    def test_flags_must_be_bools(self, flag):
+        with pytest.raises(ValueError, match=flag):
+            RgbdImageProcessor(**{flag: "no"})
+        with pytest.raises(ValueError, match=flag):
+            RgbdImageProcessor(size=4)(np.zeros((8, 8, 3), np.uint8), **{flag: torch.tensor(True)})
+        assert getattr(RgbdImageProcessor(**{flag: np.bool_(True)}), flag) is True
+
 
 # ---------------------------------------------------------------------------------------------- depth
 class TestRepresentations:
@@ -121,6 +130,12 @@ class TestRepresentations:
         processor = RgbdDepthProcessor(**kwargs)
         out = processor(self.depth, intrinsics=K, return_intrinsics=True)
         return processor, out
+
+    def test_representation_names_come_from_the_table(self):
+        assert REPRESENTATIONS == ("metric", "disparity", "log", "per_image", "dataset", "hha")
+        assert INVERTIBLE_REPRESENTATIONS == ("metric", "disparity", "log", "dataset")
+        assert all(RgbdDepthProcessor(representation=name, depth_mean=1.0, depth_std=1.0).num_channels
+                   == DEPTH_REPRESENTATIONS[name].channels for name in REPRESENTATIONS)  # fmt: skip
 
     def test_mask_and_zero_at_holes(self):
         for representation in ("metric", "disparity", "log", "per_image", "dataset"):
@@ -183,6 +198,20 @@ class TestRepresentations:
         processor = RgbdDepthProcessor(representation=representation)
         with pytest.raises(ValueError, match=reason):
             processor.to_metres(torch.ones(1, processor.num_channels, 4, 4))
+
+    def test_maps_and_masks_are_checked(self):
+        processor = RgbdDepthProcessor()
+        metres = torch.ones(2, 1, 4, 4)
+        for bad in (metres[0], metres.long(), np.ones((2, 1, 4, 4), np.float32)):
+            with pytest.raises(ValueError, match="depth_m"):
+                processor.from_metres(bad)
+        for mask in (torch.ones(2, 1, 4, 4), torch.ones(2, 1, 4, 3, dtype=torch.bool), torch.ones(1, 1, 4, 4) > 0):
+            with pytest.raises(ValueError, match="depth_mask"):
+                processor.from_metres(metres, mask)
+            with pytest.raises(ValueError, match="depth_mask"):
+                processor.to_metres(metres, mask)
+        with pytest.raises(ValueError, match="intrinsics"):
+            RgbdDepthProcessor(representation="disparity").from_metres(metres, intrinsics=torch.eye(3)[None])
 
     def test_disparity_and_hha_need_intrinsics(self):
         for representation in ("disparity", "hha"):
@@ -436,6 +465,11 @@ class TestRgbdProcessor:
             ({"depths": [ramp_depth()] * 2, "intrinsics": [K] * 3}, "intrinsics"),
             ({"depths": np.zeros((48, 64), bool)}, "dtype"),
             ({"depths": ramp_depth(), "depth_scale": -1.0}, "depth_scale"),
+            ({"depths": ramp_depth(), "intrinsics": np.zeros((3, 3))}, "focal lengths"),
+            ({"depths": [ramp_depth()] * 2, "intrinsics": [K, np.eye(4)]}, "intrinsics"),
+            ({"depths": ramp_depth(), "return_intrinsics": "yes"}, "return_intrinsics"),
+            ({"images": np.zeros((48, 64, 3), np.uint8), "return_intrinsics": 1}, "return_intrinsics"),
+            ({"depths": ramp_depth(), "allow_aspect_change": None}, "allow_aspect_change"),
         ],
     )
     def test_bad_input(self, kwargs, match):

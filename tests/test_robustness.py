@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.attacks import BIM, PGD, evaluate_robustness
+from hf_rgbd.attacks import BIM, PGD
 from hf_rgbd.data import make_synthetic_rgbd
+from hf_rgbd.evaluation import evaluate_robustness
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification
-from hf_rgbd.data import make_synthetic_rgbd
+from hf_rgbd.data import make_synthetic_rgbd, random_flip_shift, split_to_tensors
 from hf_rgbd.evaluation import fusion_probe, image_statistics
-from hf_rgbd.training import classification_accuracy, random_flip_shift, split_to_tensors, train_classifier
+from hf_rgbd.training import classification_accuracy, train_classifier
 
 
 def tiny_classifier(seed: int = 0) -> RgbdCnnForImageClassification:

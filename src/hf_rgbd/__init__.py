@@ -3,7 +3,8 @@
 Importing the package registers its configurations, processors and models with the transformers Auto classes.
 """
 
-from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, RgbdAttack, evaluate_robustness
+from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, RgbdAttack
+from .evaluation import evaluate_robustness
 from .modeling import (
     RgbdClipConfig,
     RgbdClipForImageClassification,
@@ -54,9 +55,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # lazy, like `hf_rgbd.attacks.AdversarialTrainer` (it imports `transformers.Trainer`)
+    # lazy, like `hf_rgbd.training.AdversarialTrainer` (it imports `transformers.Trainer`)
     if name == "AdversarialTrainer":
-        from .attacks import AdversarialTrainer
+        from .training.adversarial_training import AdversarialTrainer
 
         return AdversarialTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """hf_rgbd.attacks: adversarial attacks on RGB-D models through the Hugging Face forward API, with a budget per
-modality in physical units, robustness evaluation and adversarial training."""
+modality in physical units. The algorithms only: robustness evaluation lives in `hf_rgbd.evaluation`
+(`evaluate_robustness`), adversarial training in `hf_rgbd.training` (`AdversarialTrainer`)."""
 
 from .apgd import APGD
 from .base import DEFAULT_BUDGET, PERTURBABLE_INPUTS, AttackResult, RgbdAttack
@@ -12,7 +13,6 @@ from .objectives import (
     dlr_loss,
     margin_loss,
 )
-from .robustness import evaluate_robustness
 
 __all__ = [
     "APGD",
@@ -24,7 +24,6 @@ __all__ = [
     "PGD",
     "PGDL2",
     "RFGSM",
-    "AdversarialTrainer",
     "AttackObjective",
     "AttackResult",
     "ClassificationObjective",
@@ -32,15 +31,5 @@ __all__ = [
     "RgbdAttack",
     "cross_entropy_loss",
     "dlr_loss",
-    "evaluate_robustness",
     "margin_loss",
 ]
-
-
-def __getattr__(name: str):
-    # `AdversarialTrainer` imports `transformers.Trainer` (about a second): loaded on first use, not at import.
-    if name == "AdversarialTrainer":
-        from .adversarial_training import AdversarialTrainer
-
-        return AdversarialTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from .base import AttackRun, RgbdAttack, _check_int
+from ..processors.validation_rgbd import is_number
+from .base import AttackRun, RgbdAttack
 from .objectives import AttackObjective, LossFunction
+from .perturbation_space import Iterate
 
 
 def apgd_checkpoint_lengths(steps: int) -> tuple[int, int, int]:
@@ -44,6 +46,7 @@ class APGD(RgbdAttack):
     """
 
     keep_best_loss = True
+    min_steps = 1
 
     def __init__(
         self,
@@ -58,30 +61,17 @@ class APGD(RgbdAttack):
         rho: float = 0.75,
     ) -> None:
         super().__init__(
-            model, budget, steps=_check_int(steps, "steps", 1), random_start=True, n_restarts=n_restarts, loss=loss,
+            model, budget, steps=steps, random_start=True, n_restarts=n_restarts, loss=loss,
             targeted=targeted, processor=processor, seed=seed,
         )  # fmt: skip
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+        if not is_number(rho) or not 0 < rho <= 1:
             raise ValueError(f"`rho` must be in (0, 1], got {rho!r}.")
         self.rho = float(rho)
 
-    def _random_start(self, run: AttackRun) -> dict[str, torch.Tensor]:
-        """Uniform noise scaled so that its largest entry reaches the budget, per sample and input."""
-        generator = self.generator(run.device)
-        candidate = {}
-        for name, m in run.modalities.items():
-            noise = (
-                2 * torch.rand(m.original.shape, generator=generator, device=run.device, dtype=m.original.dtype) - 1
-            )
-            if m.mask is not None:
-                noise = noise * m.mask
-            peak = noise.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            candidate[name] = m.original + m.eps * noise / peak
-        return run.project_linf(candidate)
-
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+    def _attack_once(self, run: AttackRun) -> Iterate:
         interval, decrement, minimum = apgd_checkpoint_lengths(self.steps)
-        x = self._random_start(run)
+        space = run.space
+        x = space.random_surface_linf(self.generator(run.device))
         value, grad = run.evaluate(x)
         best_value, x_best, grad_best = value.clone(), dict(x), dict(grad)
         scale = torch.full_like(value, 2.0).view(-1, 1, 1, 1)  # step size / budget, per sample
@@ -94,14 +84,14 @@ class APGD(RgbdAttack):
         for step in range(self.steps):
             momentum = 1.0 if step == 0 else 0.75
             with torch.no_grad():
-                z = run.project_linf(
-                    {name: x[name] + run.modalities[name].eps * scale * grad[name].sign() for name in x}
+                z = space.project_linf(
+                    {name: x[name] + space.modalities[name].eps * scale * grad[name].sign() for name in x}
                 )
                 candidate = {
                     name: x[name] + momentum * (z[name] - x[name]) + (1 - momentum) * (x[name] - x_previous[name])
                     for name in x
                 }
-                x_previous, x = x, run.project_linf(candidate)
+                x_previous, x = x, space.project_linf(candidate)
             value, grad = run.evaluate(x)
 
             with torch.no_grad():

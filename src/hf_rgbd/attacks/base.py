@@ -1,22 +1,27 @@
-"""Machinery shared by every hf-rgbd attack: budgets per modality in physical units, conversion between the model's
-input space and physical space, projection, the objective, best-iterate tracking and restarts.
+"""The attack loop shared by every hf-rgbd attack: [`RgbdAttack`] (budgets, step count, objective and restarts,
+validated once) and [`AttackRun`] (one `perturb` call: the batch on the model's device, one forward and one
+input-gradient backward per step, the output batch).
 
-An attack subclass only writes its update rule (`_attack_once`) with the helpers of [`AttackRun`].
+The other jobs live beside it: unit conversion and projection in `perturbation_space.py` ([`PerturbationSpace`]),
+result bookkeeping in `tracking.py` ([`IterateTracker`], [`AttackResult`]). An attack subclass only writes its
+update rule (`_attack_once`) with `run.evaluate` and the helpers of `run.space`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers.image_processing_utils import BatchFeature
 
-from ..processors.depth_processing_rgbd import INVERTIBLE_REPRESENTATIONS, depth_token_ids
+from ..processors.depth_processing_rgbd import depth_token_ids
+from ..processors.validation_rgbd import check_flag, check_int, is_number
 from .objectives import AttackObjective, LossFunction, make_objective
+from .perturbation_space import Iterate, PerturbationSpace, check_processor
+from .tracking import AttackResult, IterateTracker, perturbation_norms
 
 PERTURBABLE_INPUTS = ("pixel_values", "depth_values")
 # Batch entries that are never forwarded to a model that does not name them explicitly.
@@ -24,46 +29,8 @@ NON_MODEL_INPUTS = ("labels", "intrinsics")
 DEFAULT_BUDGET = {"pixel_values": 8 / 255, "depth_values": 0.05}
 
 
-@dataclass
-class AttackResult:
-    """What [`RgbdAttack.perturb`] returns.
-
-    Args:
-        inputs: the adversarial batch, same type and keys as the input batch. Per sample: the last evaluated
-            iterate on which the attack succeeded if there is one, else the attack's fallback (the final iterate;
-            the highest-loss evaluated iterate for APGD).
-        final_inputs: the final iterate of the last restart for every sample (what torchattacks returns; what
-            Madry adversarial training trains on).
-        success (`torch.Tensor` (B,) bool): samples on which an evaluated iterate succeeded (misclassified, or
-            classified as the target). A lower bound: the final iterate itself is never evaluated (that would
-            cost a forward pass).
-        linf, l2 (`dict[str, torch.Tensor]`): per perturbed input, each sample's L-inf and L2 perturbation norm of
-            `inputs` in physical units (B,).
-    """
-
-    inputs: Any
-    final_inputs: Any
-    success: torch.Tensor
-    linf: dict[str, torch.Tensor]
-    l2: dict[str, torch.Tensor]
-
-
-@dataclass
-class _Modality:
-    """One perturbed input: its original physical values, budget, step, valid range, hole mask and the map back
-    to the model's input space."""
-
-    name: str
-    eps: float
-    alpha: float
-    original: torch.Tensor  # (B, C, H, W) physical values
-    low: float
-    high: float
-    mask: torch.Tensor | None  # (B, 1, H, W) bool, False where the input must not change (depth holes)
-    to_model: Callable[[torch.Tensor], torch.Tensor]
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model without either."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -99,16 +66,10 @@ def _check_budget_dict(values: Any, name: str, allowed: tuple[str, ...]) -> dict
     for key, value in values.items():
         if key not in allowed:
             raise ValueError(f"`{name}` names {key!r}; an attack perturbs only {allowed}.")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not is_number(value) or not math.isfinite(value) or value < 0:
             raise ValueError(f"`{name}[{key!r}]` must be a finite number >= 0, got {value!r}.")
         checked[key] = float(value)
     return checked
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
 
 
 class RgbdAttack:
@@ -142,12 +103,13 @@ class RgbdAttack:
         budget (`dict[str, float]`, defaults to `{"pixel_values": 8/255, "depth_values": 0.05}`): per input, the
             perturbation budget in physical units (L-inf, or L2 for [`PGDL2`]). Inputs not named stay unchanged.
         alpha (`dict[str, float]`, *optional*): step size per input (default: budget / 4).
-        steps (`int`, defaults to 10): iterations.
+        steps (`int`, defaults to 10): iterations, at least the class's `min_steps` (checked in `_check_steps`).
         random_start (`bool`, defaults to True): start from a uniformly random point of the budget ball.
         n_restarts (`int`, defaults to 1): independent runs; a sample keeps any success found.
         loss (`str`, callable or [`AttackObjective`], defaults to `"ce"`): `"ce"`, `"margin"` (CW-Linf), `"dlr"`,
             a callable `(outputs, labels) -> (B,)` per-sample loss, or an objective such as [`RetrievalObjective`].
-        targeted (`bool`, defaults to False): `labels` are targets and the loss is descended.
+        targeted (`bool`, defaults to False): `labels` are targets and the loss is descended. Read from the attack
+            only; the objective receives it with every call.
         processor ([`RgbdProcessor`], *optional*): the processor that made the batch (its normalisation and depth
             representation); None when the inputs are in physical units.
         seed (`int`, defaults to 0): seed of the attack's own random generator.
@@ -156,6 +118,7 @@ class RgbdAttack:
     default_budget: dict[str, float] = DEFAULT_BUDGET
     alpha_fraction: float = 0.25  # default step: this fraction of the budget
     keep_best_loss: bool = False  # fallback for unsuccessful samples: best-loss iterate (True) or final iterate
+    min_steps: int = 0  # fewest iterations the update rule accepts
 
     def __init__(
         self,
@@ -183,40 +146,29 @@ class RgbdAttack:
                 f"`alpha` names {sorted(extra)}, which `budget` does not; give steps for budgeted inputs."
             )
         self.alpha = {name: alpha.get(name, eps * self.alpha_fraction) for name, eps in self.budget.items()}
-        self.steps = _check_int(steps, "steps", 0)
-        self.random_start = bool(random_start)
-        self.n_restarts = _check_int(n_restarts, "n_restarts", 1)
-        self.targeted = bool(targeted)
-        self.objective = make_objective(loss, self.targeted)
+        self.steps = self._check_steps(steps)
+        self.random_start = check_flag(random_start, "random_start")
+        self.n_restarts = check_int(n_restarts, "n_restarts", 1)
+        # The attack owns `targeted`; the objective is told at every call.
+        self.targeted = check_flag(targeted, "targeted")
+        self.objective = make_objective(loss)
         self.objective.check_model(model, self.targeted)
         self.loss = loss
+        check_processor(processor, self.budget)
         self.processor = processor
-        self._check_processor()
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0)
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------------------------------------ set-up
-    def _check_processor(self) -> None:
-        processor = self.processor
-        if processor is None:
-            return
-        if "pixel_values" in self.budget and not hasattr(processor, "image_processor"):
-            raise ValueError("`processor` must be an RgbdProcessor (with an `image_processor`) or None.")
-        if "depth_values" in self.budget:
-            depth_processor = getattr(processor, "depth_image_processor", None)
-            if depth_processor is None:
-                raise ValueError("`processor` must be an RgbdProcessor (with a `depth_image_processor`) or None.")
-            if depth_processor.representation not in INVERTIBLE_REPRESENTATIONS:
-                raise ValueError(
-                    f"`budget` has a depth budget in metres, but the processor's depth representation "
-                    f"{depth_processor.representation!r} cannot be converted back to metres; use one of "
-                    f"{INVERTIBLE_REPRESENTATIONS} or drop 'depth_values' from `budget`."
-                )
+    def _check_steps(self, steps: Any) -> int:
+        """The one place step counts are validated: an int >= `min_steps`. Subclasses with a rule for a special
+        count (BIM's `steps=0`) extend this."""
+        return check_int(steps, "steps", self.min_steps)
 
     def manual_seed(self, seed: int | None = None) -> RgbdAttack:
         """Restart the attack's random generator (from `seed`, default the constructor's)."""
         if seed is not None:
-            self.seed = _check_int(seed, "seed", 0)
+            self.seed = check_int(seed, "seed", 0)
         self._generator = None
         return self
 
@@ -263,47 +215,49 @@ class RgbdAttack:
                 final = None
                 for _ in range(self.n_restarts):
                     final = self._attack_once(run)
-                chosen = run.select(final)
-                with torch.no_grad():
-                    deltas = {name: (chosen[name] - m.original).flatten(1) for name, m in run.modalities.items()}
+                chosen = run.tracker.select(final)
+                linf, l2 = perturbation_norms(chosen, run.space.clean())
                 return AttackResult(
                     inputs=run.build(chosen),
                     final_inputs=run.build(final),
-                    success=run.success.clone(),
-                    linf={name: delta.abs().amax(dim=1) for name, delta in deltas.items()},
-                    l2={name: delta.norm(dim=1) for name, delta in deltas.items()},
+                    success=run.tracker.success.clone(),
+                    linf=linf,
+                    l2=l2,
                 )
         finally:
             for module, training in modes:
                 module.training = training
 
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
+    def _attack_once(self, run: AttackRun) -> Iterate:
         """One run of the update rule; returns the final iterate (physical values per perturbed input)."""
         raise NotImplementedError
 
 
 class AttackRun:
-    """The state of one `perturb` call: physical originals, model inputs that stay fixed, labels, objective, and
-    the tracking of successes and best iterates. Attack update rules call its helpers."""
+    """The state of one `perturb` call and its attack step.
+
+    Attributes:
+        space ([`PerturbationSpace`]): the perturbed inputs in physical units, projection and random starts.
+        tracker ([`IterateTracker`]): successes and the iterates to return, fed by `evaluate`.
+        labels: (B,) long labels (targets when the attack is targeted) on `device`.
+        device: the model's device, where the batch and every iterate live.
+    """
 
     def __init__(self, attack: RgbdAttack, inputs: Mapping[str, Any], labels: Any) -> None:
         self.attack = attack
         self.inputs = inputs
-        self.device = _model_device(attack.model)
-        self.objective = attack.objective
-        self.targeted = attack.targeted
+        self.device = model_device(attack.model)
         batch = {key: self._to_device(value) for key, value in inputs.items()}
-        self.modalities = {name: self._modality(name, batch) for name in attack.budget}
-        reference = next(iter(self.modalities.values())).original
-        self.batch_size = reference.shape[0]
-        self.labels = self.objective.prepare_labels(labels, self.batch_size, self.device)
-        self.coupled = self.objective.couples_samples(set(self.modalities))
         self.batch = batch
+        self.space = PerturbationSpace(batch, attack.budget, attack.alpha, attack.processor)
+        self.labels = attack.objective.prepare_labels(labels, self.space.batch_size, self.device)
+        coupled = attack.objective.couples_samples(set(self.space.modalities))
+        self.tracker = IterateTracker(self.space.clean(), coupled, keep_best=attack.keep_best_loss)
 
         accepted = _forward_parameters(attack.model)
-        self.forward_keys = set(model_inputs(attack.model, batch))
+        forward_keys = set(model_inputs(attack.model, batch))
         self.tokens = None
-        if "depth_token_ids" in batch and "depth_values" in self.modalities:
+        if "depth_token_ids" in batch and "depth_values" in self.space.modalities:
             depth_processor = getattr(attack.processor, "depth_image_processor", None)
             if depth_processor is None or depth_processor.depth_vocab_size is None:
                 raise ValueError(
@@ -314,160 +268,46 @@ class AttackRun:
         # Tokens only need recomputing at every step when the model reads them.
         self.tokens_per_step = self.tokens is not None and (accepted is None or "depth_token_ids" in accepted)
         self.static = {
-            key: value for key, value in batch.items() if key in self.forward_keys and key not in self.modalities
+            key: value for key, value in batch.items() if key in forward_keys and key not in self.space.modalities
         }
         if self.tokens is not None:
             self.static.pop("depth_token_ids", None)
-        self.model_kwargs = self.objective.model_kwargs()
+        self.model_kwargs = attack.objective.model_kwargs()
 
-        # Tracking: successes (any restart) and, for APGD-style fallbacks, the best-loss iterate.
-        self.success = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
-        self.x_success = {name: m.original for name, m in self.modalities.items()}
-        self.best_value = torch.full((self.batch_size,), -math.inf, device=self.device)
-        self.x_best = dict(self.x_success) if attack.keep_best_loss else None
-
-    # ------------------------------------------------------------------------------------------------ set-up
     def _to_device(self, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
             return value
         value = value.to(self.device)
         return value.clone() if value.is_inference() else value
 
-    def _modality(self, name: str, batch: dict[str, Any]) -> _Modality:
-        values = batch[name]
-        if not isinstance(values, torch.Tensor) or values.ndim != 4 or not values.is_floating_point():
-            raise ValueError(
-                f"`{name}` must be a floating-point (B, C, H, W) tensor, got {getattr(values, 'shape', type(values))}."
-            )
-        values = values.detach()
-        processor = self.attack.processor
-        eps, alpha = self.attack.budget[name], self.attack.alpha[name]
-        if name == "pixel_values":
-            image_processor = None if processor is None else processor.image_processor
-            if image_processor is None or not getattr(image_processor, "do_normalize", True):
-                return _Modality(name, eps, alpha, values, 0.0, 1.0, None, lambda x: x)
-            mean = torch.tensor(image_processor.image_mean, dtype=values.dtype, device=self.device).view(1, -1, 1, 1)
-            std = torch.tensor(image_processor.image_std, dtype=values.dtype, device=self.device).view(1, -1, 1, 1)
-            if mean.shape[1] != values.shape[1]:
-                raise ValueError(
-                    f"`pixel_values` has {values.shape[1]} channels but the processor normalises {mean.shape[1]}."
-                )
-            return _Modality(name, eps, alpha, values * std + mean, 0.0, 1.0, None, lambda x: (x - mean) / std)
-
-        mask = batch.get("depth_mask")
-        if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape[0] != values.shape[0]:
-                raise ValueError("`depth_mask` must be a bool (B, 1, H, W) tensor matching `depth_values`.")
-        if processor is None:
-            mask = (torch.isfinite(values) & (values > 0)) if mask is None else mask
-            return _Modality(name, eps, alpha, values, 0.0, math.inf, mask, lambda x: x)
-        depth_processor = processor.depth_image_processor
-        mask = (values != 0) if mask is None else mask
-        intrinsics = batch.get("intrinsics")
-        metres = depth_processor.to_metres(values, mask, intrinsics)
-
-        def to_model(x: torch.Tensor) -> torch.Tensor:
-            return depth_processor.from_metres(x, mask, intrinsics)
-
-        return _Modality(
-            name, eps, alpha, metres, depth_processor.min_depth, depth_processor.max_depth, mask, to_model
-        )
-
-    # ------------------------------------------------------------------------------------------------ helpers
-    def clean(self) -> dict[str, torch.Tensor]:
-        """The original inputs in physical units."""
-        return {name: m.original for name, m in self.modalities.items()}
-
-    def _mask(self, modality: _Modality, x: torch.Tensor) -> torch.Tensor:
-        return x if modality.mask is None else torch.where(modality.mask, x, modality.original)
-
-    def clip(self, candidate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Clip to the valid physical range and restore holes (no budget projection)."""
-        out = {}
-        for name, m in self.modalities.items():
-            out[name] = self._mask(m, torch.clamp(candidate[name], min=m.low, max=m.high))
-        return out
-
-    def project_linf(self, candidate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Clip the perturbation to each budget (L-inf), then the values to the valid range; holes unchanged."""
-        out = {}
-        for name, m in self.modalities.items():
-            delta = torch.clamp(candidate[name] - m.original, min=-m.eps, max=m.eps)
-            out[name] = self._mask(m, torch.clamp(m.original + delta, min=m.low, max=m.high))
-        return out
-
-    def project_l2(self, candidate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Scale each sample's perturbation to L2 norm <= budget (per input), then clip to the valid range."""
-        out = {}
-        for name, m in self.modalities.items():
-            delta = candidate[name] - m.original
-            if m.mask is not None:
-                delta = torch.where(m.mask, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
-            norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            factor = torch.clamp(m.eps / (norm + 1e-12), max=1.0)
-            out[name] = self._mask(m, torch.clamp(m.original + delta * factor, min=m.low, max=m.high))
-        return out
-
-    def random_linf(self) -> dict[str, torch.Tensor]:
-        """A uniformly random point of the L-inf budget box (then clipped to the valid range)."""
-        generator = self.attack.generator(self.device)
-        candidate = {}
-        for name, m in self.modalities.items():
-            noise = torch.rand(m.original.shape, generator=generator, device=self.device, dtype=m.original.dtype)
-            candidate[name] = m.original + (2 * noise - 1) * m.eps
-        return self.project_linf(candidate)
-
-    def random_l2(self) -> dict[str, torch.Tensor]:
-        """A random point of the L2 budget ball: Gaussian direction, radius uniform in [0, budget]."""
-        generator = self.attack.generator(self.device)
-        candidate = {}
-        for name, m in self.modalities.items():
-            direction = torch.randn(m.original.shape, generator=generator, device=self.device, dtype=m.original.dtype)
-            if m.mask is not None:
-                direction = direction * m.mask
-            radius = torch.rand(m.original.shape[0], generator=generator, device=self.device, dtype=m.original.dtype)
-            norm = direction.flatten(1).norm(dim=1) + 1e-12
-            candidate[name] = m.original + direction * (radius * m.eps / norm).view(-1, 1, 1, 1)
-        return self.project_l2(candidate)
-
-    def random_sign(self) -> dict[str, torch.Tensor]:
-        """Per input, the sign of standard Gaussian noise (R+FGSM's random step direction)."""
-        generator = self.attack.generator(self.device)
-        return {
-            name: torch.randn(m.original.shape, generator=generator, device=self.device, dtype=m.original.dtype).sign()
-            for name, m in self.modalities.items()
-        }
-
-    # ------------------------------------------------------------------------------------------------ evaluation
-    def _model_batch(self, x: dict[str, torch.Tensor]) -> dict[str, Any]:
-        batch = dict(self.static)
-        for name, m in self.modalities.items():
-            batch[name] = m.to_model(x[name])
-        if self.tokens_per_step:
-            batch["depth_token_ids"] = self._tokens(x["depth_values"].detach())
-        return batch
-
     def _tokens(self, depth_m: torch.Tensor) -> torch.Tensor:
         processor = self.tokens
-        mask = self.modalities["depth_values"].mask
+        mask = self.space.modalities["depth_values"].mask
         return depth_token_ids(
             depth_m, mask, processor.depth_vocab_size, processor.depth_patch_size, processor.min_depth,
             processor.max_depth,
         )  # fmt: skip
 
-    def evaluate(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One forward and one input-gradient backward at `x` (physical values).
+    def _model_batch(self, x: Iterate) -> dict[str, Any]:
+        batch = {**self.static, **self.space.to_model(x)}
+        if self.tokens_per_step:
+            batch["depth_token_ids"] = self._tokens(x["depth_values"].detach())
+        return batch
 
-        Records successes and best iterates from this forward's outputs.
+    def evaluate(self, x: Iterate) -> tuple[torch.Tensor, Iterate]:
+        """One forward and one input-gradient backward at `x` (physical values); records successes and best
+        iterates from this forward's outputs in the tracker.
 
         Returns:
             the per-sample objective (B,) (the loss, negated for targeted attacks: always ascended) and its gradient
             with respect to each perturbed input's physical values, (B, C, H, W) each.
         """
+        targeted = self.attack.targeted
+        objective = self.attack.objective
         leaves = {name: value.detach().requires_grad_(True) for name, value in x.items()}
         outputs = self.attack.model(**self._model_batch(leaves), **self.model_kwargs)
-        loss = self.objective.loss(outputs, self.labels)
-        value = -loss if self.targeted else loss
+        loss = objective.loss(outputs, self.labels, targeted)
+        value = -loss if targeted else loss
         grads = torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
         grads = {
             name: torch.zeros_like(leaf) if grad is None else grad
@@ -475,41 +315,17 @@ class AttackRun:
         }
         value = value.detach()
         with torch.no_grad():
-            self._track(x, value, self.objective.success(outputs, self.labels, self.targeted))
+            self.tracker.record(x, value, objective.success(outputs, self.labels, targeted))
         return value, grads
 
-    def _track(self, x: dict[str, torch.Tensor], value: torch.Tensor, success: torch.Tensor) -> None:
-        if self.coupled:  # whole-batch iterates: keep the one with most successes, never mix samples
-            update = (success.sum() > self.success.sum()).expand(self.batch_size)
-            self.success = torch.where(update, success, self.success)
-        else:
-            update = success
-            self.success = self.success | success
-        for name in x:
-            self.x_success[name] = torch.where(update.view(-1, 1, 1, 1), x[name], self.x_success[name])
-        if self.x_best is not None:
-            better = (
-                (value.sum() > self.best_value.sum()).expand(self.batch_size)
-                if self.coupled
-                else value > self.best_value
-            )
-            self.best_value = torch.where(better, value, self.best_value)
-            for name in x:
-                self.x_best[name] = torch.where(better.view(-1, 1, 1, 1), x[name], self.x_best[name])
-
-    def select(self, final: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per sample: the recorded successful iterate, else the fallback (best-loss iterate or `final`)."""
-        fallback = self.x_best if self.x_best is not None else final
-        chosen = self.success.any().expand(self.batch_size) if self.coupled else self.success
-        return {name: torch.where(chosen.view(-1, 1, 1, 1), self.x_success[name], fallback[name]) for name in final}
-
-    def build(self, x: dict[str, torch.Tensor]) -> Any:
+    def build(self, x: Iterate) -> Any:
         """The output batch: the original entries, with the perturbed inputs (model space) and fresh depth tokens."""
         data = {}
         with torch.no_grad():
+            perturbed = self.space.to_model(x)
             for key, value in self.batch.items():
-                if key in self.modalities:
-                    data[key] = self.modalities[key].to_model(x[key]).detach()
+                if key in perturbed:
+                    data[key] = perturbed[key].detach()
                 elif key == "depth_token_ids" and self.tokens is not None:
                     data[key] = self._tokens(x["depth_values"])
                 else:
@@ -524,4 +340,12 @@ class AttackRun:
             return data
 
 
-__all__ = ["DEFAULT_BUDGET", "PERTURBABLE_INPUTS", "AttackResult", "AttackRun", "RgbdAttack", "model_inputs"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "PERTURBABLE_INPUTS",
+    "AttackResult",
+    "AttackRun",
+    "RgbdAttack",
+    "model_device",
+    "model_inputs",
+]

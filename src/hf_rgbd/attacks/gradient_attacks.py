@@ -1,7 +1,7 @@
 """Sign-gradient and L2 attacks: FGSM, R+FGSM, BIM, PGD (L-inf), PGD L2 and MI-FGSM.
 
-Each class only defines its update rule; budgets, physical units, projection, objectives, tracking and restarts
-come from [`RgbdAttack`]. Update order mirrors torchattacks (step, clip the perturbation to the budget, clip the
+Each class only defines its update rule (and its `min_steps`); budgets, step checks, objectives and restarts come
+from [`RgbdAttack`], physical units and projection from [`PerturbationSpace`], tracking from [`IterateTracker`]. Update order mirrors torchattacks (step, clip the perturbation to the budget, clip the
 values to the valid range), so that the L-inf attacks agree with it bit for bit on the same model.
 """
 
@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from ..processors.validation_rgbd import is_number
 from .base import AttackRun, RgbdAttack
 from .objectives import AttackObjective, LossFunction
+from .perturbation_space import Iterate
 
 
 class FGSM(RgbdAttack):
@@ -34,11 +36,12 @@ class FGSM(RgbdAttack):
             model, budget, steps=1, random_start=False, loss=loss, targeted=targeted, processor=processor, seed=seed
         )
 
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
-        x = run.clean()
+    def _attack_once(self, run: AttackRun) -> Iterate:
+        space = run.space
+        x = space.clean()
         _, grads = run.evaluate(x)
         # The full budget step cannot leave the budget: only the valid range is clipped (as torchattacks does).
-        return run.clip({name: x[name] + run.modalities[name].eps * grads[name].sign() for name in x})
+        return space.clip({name: x[name] + space.modalities[name].eps * grads[name].sign() for name in x})
 
 
 class RFGSM(RgbdAttack):
@@ -69,12 +72,13 @@ class RFGSM(RgbdAttack):
         if too_large:
             raise ValueError(f"`alpha` {too_large} exceeds `budget` {self.budget}: R+FGSM needs alpha <= budget.")
 
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
-        x = run.clean()
-        direction = run.random_sign()
-        x = run.project_linf({name: x[name] + self.alpha[name] * direction[name] for name in x})
+    def _attack_once(self, run: AttackRun) -> Iterate:
+        space = run.space
+        x = space.clean()
+        direction = space.random_sign(self.generator(run.device))
+        x = space.project_linf({name: x[name] + self.alpha[name] * direction[name] for name in x})
         _, grads = run.evaluate(x)
-        return run.project_linf(
+        return space.project_linf(
             {name: x[name] + (self.budget[name] - self.alpha[name]) * grads[name].sign() for name in x}
         )
 
@@ -91,6 +95,8 @@ class PGD(RgbdAttack):
     ```
     """
 
+    min_steps = 1
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -105,17 +111,13 @@ class PGD(RgbdAttack):
         seed: int = 0,
     ) -> None:
         super().__init__(model, budget, alpha, steps, random_start, n_restarts, loss, targeted, processor, seed)
-        self._check_steps()
 
-    def _check_steps(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"`steps` must be >= 1, got {self.steps}.")
-
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
-        x = run.random_linf() if self.random_start else run.clean()
+    def _attack_once(self, run: AttackRun) -> Iterate:
+        space = run.space
+        x = space.random_linf(self.generator(run.device)) if self.random_start else space.clean()
         for _ in range(self.steps):
             _, grads = run.evaluate(x)
-            x = run.project_linf({name: x[name] + self.alpha[name] * grads[name].sign() for name in x})
+            x = space.project_linf({name: x[name] + self.alpha[name] * grads[name].sign() for name in x})
         return x
 
 
@@ -125,6 +127,8 @@ class BIM(PGD):
     no restarts). With `steps=0` the number of steps follows Kurakin's rule `int(min(eps * 255 + 4, 1.25 * eps *
     255))` with the RGB budget `eps` (which `budget` must then name).
     """
+
+    min_steps = 0  # 0 selects Kurakin's rule
 
     def __init__(
         self,
@@ -142,12 +146,14 @@ class BIM(PGD):
             seed=seed,
         )  # fmt: skip
 
-    def _check_steps(self) -> None:
-        if self.steps == 0:
-            if "pixel_values" not in self.budget:
-                raise ValueError("`steps=0` (Kurakin's rule) needs an RGB budget; give `steps` explicitly.")
-            eps = self.budget["pixel_values"]
-            self.steps = max(int(min(eps * 255 + 4, 1.25 * eps * 255)), 1)
+    def _check_steps(self, steps: Any) -> int:
+        steps = super()._check_steps(steps)
+        if steps > 0:
+            return steps
+        if "pixel_values" not in self.budget:
+            raise ValueError("`steps=0` (Kurakin's rule) needs an RGB budget; give `steps` explicitly.")
+        eps = self.budget["pixel_values"]
+        return max(int(min(eps * 255 + 4, 1.25 * eps * 255)), 1)
 
 
 class PGDL2(PGD):
@@ -160,15 +166,16 @@ class PGDL2(PGD):
 
     default_budget = {"pixel_values": 1.0, "depth_values": 1.0}
 
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
-        x = run.random_l2() if self.random_start else run.clean()
+    def _attack_once(self, run: AttackRun) -> Iterate:
+        space = run.space
+        x = space.random_l2(self.generator(run.device)) if self.random_start else space.clean()
         for _ in range(self.steps):
             _, grads = run.evaluate(x)
             candidate = {}
             for name, grad in grads.items():
                 norm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-10
                 candidate[name] = x[name] + self.alpha[name] * grad / norm
-            x = run.project_l2(candidate)
+            x = space.project_l2(candidate)
         return x
 
 
@@ -200,12 +207,13 @@ class MIFGSM(RgbdAttack):
             model, budget, alpha, steps=steps, random_start=False, loss=loss, targeted=targeted, processor=processor,
             seed=seed,
         )  # fmt: skip
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+        if not is_number(decay) or decay < 0:
             raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
         self.decay = float(decay)
 
-    def _attack_once(self, run: AttackRun) -> dict[str, torch.Tensor]:
-        x = run.clean()
+    def _attack_once(self, run: AttackRun) -> Iterate:
+        space = run.space
+        x = space.clean()
         momentum = {name: torch.zeros_like(value) for name, value in x.items()}
         for _ in range(self.steps):
             _, grads = run.evaluate(x)
@@ -213,7 +221,7 @@ class MIFGSM(RgbdAttack):
                 scale = torch.mean(torch.abs(grad), dim=(1, 2, 3), keepdim=True)
                 scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a zero gradient stays zero
                 momentum[name] = grad / scale + momentum[name] * self.decay
-            x = run.project_linf({name: x[name] + self.alpha[name] * momentum[name].sign() for name in x})
+            x = space.project_linf({name: x[name] + self.alpha[name] * momentum[name].sign() for name in x})
         return x
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..processors.validation_rgbd import check_labels
+
 LOSSES = ("ce", "margin", "dlr")
 
 LossFunction = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -38,6 +40,16 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true_logit
 
 
+def check_dlr_classes(num_classes: int, targeted: bool) -> None:
+    """ValueError unless DLR is defined for `num_classes` classes: at least 3, or 4 for targeted attacks."""
+    needed = 4 if targeted else 3
+    if num_classes < needed:
+        raise ValueError(
+            f'`loss="dlr"` needs at least {needed} classes{" for targeted attacks" if targeted else ""}, the model '
+            f"has {num_classes}."
+        )
+
+
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False) -> torch.Tensor:
     """Difference of logits ratio (Croce & Hein, 2020), per sample. `logits` (B, K), `labels` (B,) -> (B,).
 
@@ -48,13 +60,7 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False)
     + 1e-12)`; needs K >= 4. The paper's targeted numerator uses the true class in place of the best non-target
     class; an attack here only receives the targets, and the best non-target class is what must be overtaken.
     """
-    num_classes = logits.shape[1]
-    needed = 4 if targeted else 3
-    if num_classes < needed:
-        raise ValueError(
-            f'`loss="dlr"` needs at least {needed} classes{" for targeted attacks" if targeted else ""}, the model '
-            f"has {num_classes}."
-        )
+    check_dlr_classes(logits.shape[1], targeted)
     sorted_logits = logits.sort(dim=1, descending=True).values
     margin = margin_loss(logits, labels)  # max_{j != y} z_j - z_y
     if targeted:
@@ -78,7 +84,8 @@ class AttackObjective:
     Subclasses define `loss` (per-sample, (B,), what an untargeted attack ascends and a targeted one descends) and
     `success` ((B,) bool). `model_kwargs` adds keyword arguments to the forward call; `couples_samples` tells the
     attack whether one sample's score depends on other samples' perturbations (then the best iterate is chosen for
-    the whole batch, never mixed across samples).
+    the whole batch, never mixed across samples). Whether the attack is targeted is the attack's setting
+    ([`RgbdAttack`]`.targeted`); the objective receives it with every call and keeps no copy.
     """
 
     def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
@@ -92,20 +99,14 @@ class AttackObjective:
         """Validate `labels` (B,) and move them to `device`."""
         if labels is None:
             raise ValueError("`labels` are required: pass them to the attack or as `labels` in the inputs.")
-        labels = torch.as_tensor(labels)
-        if labels.ndim != 1 or labels.shape[0] != batch_size or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(
-                f"`labels` must be an integer tensor of shape ({batch_size},), got {labels.dtype} "
-                f"{tuple(labels.shape)}."
-            )
-        labels = labels.to(device=device, dtype=torch.long)
+        labels = check_labels(labels, batch_size).to(device=device, dtype=torch.long)
         return labels.clone() if labels.is_inference() else labels
 
     def couples_samples(self, perturbed: set[str]) -> bool:
         """Whether a sample's loss depends on other samples' perturbed inputs (default: no)."""
         return False
 
-    def loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         raise NotImplementedError
 
     def success(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -116,36 +117,31 @@ class ClassificationObjective(AttackObjective):
     """Objective on a classifier's logits.
 
     Args:
-        loss (`str` or callable, defaults to `"ce"`): `"ce"` (cross-entropy), `"margin"` (CW-Linf), `"dlr"`, or a
-            callable `(outputs, labels) -> (B,)` per-sample loss on the model's outputs.
-        targeted (`bool`, defaults to False): whether `labels` are targets (selects the targeted DLR).
+        loss (`str` or callable, defaults to `"ce"`): `"ce"` (cross-entropy), `"margin"` (CW-Linf), `"dlr"` (the
+            targeted variant for targeted attacks), or a callable `(outputs, labels) -> (B,)` per-sample loss on the
+            model's outputs.
         logits_key (`str`, defaults to `"logits"`): output field holding the (B, K) logits (e.g. `"itm_logits"`
             for a matching head).
 
     Success: prediction != label (untargeted) or prediction == target (targeted).
     """
 
-    def __init__(self, loss: str | LossFunction = "ce", targeted: bool = False, logits_key: str = "logits") -> None:
+    def __init__(self, loss: str | LossFunction = "ce", logits_key: str = "logits") -> None:
         if not callable(loss) and loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES} or a callable (outputs, labels) -> loss, got {loss!r}.")
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
         self._loss = loss
-        self.targeted = bool(targeted)
         self.logits_key = logits_key
 
     def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        needed = 4 if targeted else 3
-        if self._loss == "dlr" and isinstance(num_labels, int) and 0 < num_labels < needed:
-            raise ValueError(
-                f'`loss="dlr"` needs at least {needed} classes{" for targeted attacks" if targeted else ""}, the model '
-                f"has {num_labels}."
-            )
+        if self._loss == "dlr" and isinstance(num_labels, int) and num_labels > 0:
+            check_dlr_classes(num_labels, targeted)
 
     def logits(self, outputs: Any) -> torch.Tensor:
         return _output_field(outputs, self.logits_key)
 
-    def loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         if callable(self._loss):
             values = self._loss(outputs, labels)
             if not isinstance(values, torch.Tensor) or values.shape != labels.shape:
@@ -159,7 +155,7 @@ class ClassificationObjective(AttackObjective):
             return cross_entropy_loss(logits, labels)
         if self._loss == "margin":
             return margin_loss(logits, labels)
-        return dlr_loss(logits, labels, targeted=self.targeted)
+        return dlr_loss(logits, labels, targeted=targeted)
 
     def success(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         prediction = self.logits(outputs).argmax(dim=1)
@@ -210,7 +206,7 @@ class RetrievalObjective(AttackObjective):
         key = "logits_per_rgb" if self.direction == "rgb_to_depth" else "logits_per_depth"
         return _output_field(outputs, key)
 
-    def loss(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         scores = self.similarities(outputs)
         return cross_entropy_loss(scores, labels) if self.loss_name == "ce" else margin_loss(scores, labels)
 
@@ -219,11 +215,11 @@ class RetrievalObjective(AttackObjective):
         return retrieved == labels if targeted else retrieved != labels
 
 
-def make_objective(loss: str | LossFunction | AttackObjective, targeted: bool) -> AttackObjective:
+def make_objective(loss: str | LossFunction | AttackObjective) -> AttackObjective:
     """An [`AttackObjective`] from an attack's `loss` argument."""
     if isinstance(loss, AttackObjective):
         return loss
-    return ClassificationObjective(loss, targeted=targeted)
+    return ClassificationObjective(loss)
 
 
 __all__ = [

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RgbdAugment"]
+from ..processors.validation_rgbd import check_int
+
+__all__ = ["RgbdAugment", "random_flip_shift"]
 
 # YIQ <-> RGB: a hue shift is a rotation of the (I, Q) chroma plane around the grey axis
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -358,3 +360,30 @@ def _shape_of(value: Any) -> tuple[int, ...]:
     if hasattr(value, "shape"):
         return tuple(value.shape)
     return tuple(np.shape(np.asarray(value, dtype=object))) if isinstance(value, (list, tuple)) else ()
+
+
+def random_flip_shift(
+    inputs: Mapping[str, torch.Tensor], generator: torch.Generator, max_shift: int = 4
+) -> dict[str, torch.Tensor]:
+    """Aligned augmentation of a batch of (B, C, H, W) maps (RGB, depth, mask, ...): per sample a random horizontal
+    flip (p = 1/2) and a translation by up to `max_shift` pixels in each direction, the same for every map of the
+    sample. Pixels shifted in from outside are zeros (holes for `depth_mask`). Draws from `generator` only."""
+    check_int(max_shift, "max_shift", 0)
+    first = next(iter(inputs.values()))
+    count, height, width = first.shape[0], first.shape[-2], first.shape[-1]
+    device = first.device
+    flips = torch.rand(count, generator=generator) < 0.5
+    shift_y = torch.randint(-max_shift, max_shift + 1, (count,), generator=generator)
+    shift_x = torch.randint(-max_shift, max_shift + 1, (count,), generator=generator)
+    rows = torch.arange(height)[None, :] - shift_y[:, None]  # (B, H): source row of each output row
+    cols = torch.arange(width)[None, :] - shift_x[:, None]
+    cols = torch.where(flips[:, None], width - 1 - cols, cols)
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]  # (B, H, W)
+    samples = torch.arange(count)[:, None, None]
+    rows, cols = rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
+    samples, rows, cols, inside = (tensor.to(device) for tensor in (samples, rows, cols, inside))
+    out = {}
+    for key, value in inputs.items():
+        moved = value.permute(0, 2, 3, 1)[samples, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+        out[key] = torch.where(inside[:, None], moved, torch.zeros((), dtype=value.dtype, device=device))
+    return out

@@ -81,11 +81,11 @@ def fusion_probe(
     Returns:
         `{modality: {"test_accuracy", "validation_accuracy", "best_epoch", "train_seconds"}}`.
     """
+    from ..data.splits import split_to_tensors
     from ..processors import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
     from ..training.classification import (
         MODALITY_INPUT_KEYS,
         classification_accuracy,
-        split_to_tensors,
         to_channels_last,
         train_cnn_classifier,
     )

@@ -25,8 +25,8 @@ Pipeline (all batched; only the gravity refinement loops, over its few iteration
   ``min(q-quantile of the projections, -1.3 m)`` (the original convention: a camera is assumed to be at least
   1.3 m above the floor when the floor is not seen; the low quantile makes it robust to outliers).
 
-This module is self-contained (imports only ``torch``, ``math``, ``typing``, ``dataclasses``) so that it can be
-copied alongside Hugging Face remote code.
+This module imports only ``torch``, the standard library and the argument checks of ``validation_rgbd`` (a
+single-dot import), so that it is copied alongside Hugging Face remote code.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .validation_rgbd import check_depth_mask, check_image_tensor, check_int, check_intrinsics, check_pinhole_values
 
 __all__ = ["HHAComponents", "hha_components", "compute_hha"]
 
@@ -67,25 +69,11 @@ class HHAComponents:
 # ----------------------------------------------------------------------------------------------------------------
 def _validate(depth_m: torch.Tensor, valid_mask: torch.Tensor, intrinsics: torch.Tensor | None) -> None:
     """Raise ``ValueError`` naming the offending argument."""
-    if not isinstance(depth_m, torch.Tensor) or depth_m.ndim != 4 or depth_m.shape[1] != 1:
-        shape = tuple(depth_m.shape) if isinstance(depth_m, torch.Tensor) else type(depth_m).__name__
-        raise ValueError(f"depth_m must be a (B,1,H,W) tensor, got {shape}")
-    if not depth_m.is_floating_point():
-        raise ValueError(f"depth_m must be a floating point tensor (metres), got dtype {depth_m.dtype}")
-    if not isinstance(valid_mask, torch.Tensor) or valid_mask.shape != depth_m.shape:
-        shape = tuple(valid_mask.shape) if isinstance(valid_mask, torch.Tensor) else type(valid_mask).__name__
-        raise ValueError(f"valid_mask must have the same shape as depth_m {tuple(depth_m.shape)}, got {shape}")
+    check_image_tensor(depth_m, "depth_m", channels=1)
+    check_depth_mask(valid_mask, depth_m, values_name="depth_m", name="valid_mask")
     if intrinsics is None:
         raise ValueError("HHA requires camera intrinsics: pass intrinsics as a (B,3,3) tensor, got None")
-    b = depth_m.shape[0]
-    if not isinstance(intrinsics, torch.Tensor) or tuple(intrinsics.shape) != (b, 3, 3):
-        shape = tuple(intrinsics.shape) if isinstance(intrinsics, torch.Tensor) else type(intrinsics).__name__
-        raise ValueError(f"HHA requires intrinsics of shape (B,3,3) = ({b},3,3), got {shape}")
-    k = intrinsics.detach().double()
-    if not bool(torch.isfinite(k).all()):
-        raise ValueError("intrinsics must be finite")
-    if bool((k[:, 0, 0] <= 0).any()) or bool((k[:, 1, 1] <= 0).any()):
-        raise ValueError("intrinsics must have positive focal lengths fx = K[0,0] and fy = K[1,1]")
+    check_pinhole_values(check_intrinsics(intrinsics, depth_m.shape[0]))
 
 
 def _sanitize(depth_m: torch.Tensor, valid_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,10 +252,9 @@ def hha_components(
         :class:`HHAComponents` in the floating dtype of ``depth_m`` (float32 unless float64), on its device.
     """
     _validate(depth_m, valid_mask, intrinsics)
-    if not isinstance(normal_window, int) or normal_window < 3 or normal_window % 2 == 0:
-        raise ValueError(f"normal_window must be an odd integer >= 3, got {normal_window!r}")
-    if not isinstance(gravity_iterations, int) or gravity_iterations < 0:
-        raise ValueError(f"gravity_iterations must be a non-negative integer, got {gravity_iterations!r}")
+    if check_int(normal_window, "normal_window", 3) % 2 == 0:
+        raise ValueError(f"`normal_window` must be odd, got {normal_window!r}.")
+    check_int(gravity_iterations, "gravity_iterations", 0)
     if not 0.0 <= float(lowest_point_quantile) <= 1.0:
         raise ValueError(f"lowest_point_quantile must be in [0, 1], got {lowest_point_quantile!r}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
@@ -13,10 +14,107 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .depth_hha import compute_hha
 from .geometry_rgbd import ResizeCropPlan, nearest_indices, plan_resize_crop, transform_intrinsics
+from .validation_rgbd import (
+    check_depth_mask,
+    check_flag,
+    check_image_tensor,
+    check_intrinsics,
+    check_pinhole_values,
+    is_number,
+)
 
-REPRESENTATIONS = ("metric", "disparity", "log", "per_image", "dataset", "hha")
+# A map between metres and model values: (processor, safe, depth_mask, intrinsics) -> values, where `safe`
+# (B, 1, H, W) holds the input with holes replaced by 1 (keeps gradients finite) and `intrinsics` is (B, 3, 3) or
+# None. It reads its parameters from the processor; the caller sets holes to 0 afterwards.
+DepthMap = Callable[["RgbdDepthProcessor", torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DepthRepresentation:
+    """One depth representation: the `channels` of its model values and the pair of maps (`from_metres`: metres ->
+    model values, `to_metres`: model values -> metres). `to_metres` is None when there is no inverse, and
+    `not_invertible_because` then says why."""
+
+    channels: int
+    from_metres: DepthMap
+    to_metres: DepthMap | None = None
+    not_invertible_because: str = ""
+
+
+def _metric_from_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    return safe / processor.max_depth
+
+
+def _metric_to_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    return safe * processor.max_depth
+
+
+def _disparity(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    """baseline * fx / value: its own inverse (metres -> disparity and disparity -> metres)."""
+    if intrinsics is None:
+        raise ValueError(
+            '`representation="disparity"` needs `intrinsics` (fx of the rescaled camera matrix), per depth map.'
+        )
+    intrinsics = check_intrinsics(torch.as_tensor(intrinsics, device=safe.device), safe.shape[0])
+    focal_length = intrinsics[:, 0, 0].to(safe.dtype).view(-1, 1, 1, 1)
+    return processor.baseline * focal_length / safe
+
+
+def _log_from_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    low, high = math.log(processor.min_depth), math.log(processor.max_depth)
+    return (torch.log(safe) - low) / (high - low)
+
+
+def _log_to_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    low, high = math.log(processor.min_depth), math.log(processor.max_depth)
+    return torch.exp(safe * (high - low) + low)
+
+
+def _per_image_from_metres(
+    processor: RgbdDepthProcessor, safe: torch.Tensor, mask: torch.Tensor, intrinsics: Any
+) -> torch.Tensor:
+    return _standardise_valid(safe, mask)
+
+
+def _dataset_from_metres(
+    processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any
+) -> torch.Tensor:
+    return (safe - processor.depth_mean) / processor.depth_std
+
+
+def _dataset_to_metres(processor: RgbdDepthProcessor, safe: torch.Tensor, mask: Any, intrinsics: Any) -> torch.Tensor:
+    return safe * processor.depth_std + processor.depth_mean
+
+
+def _hha_from_metres(
+    processor: RgbdDepthProcessor, safe: torch.Tensor, mask: torch.Tensor, intrinsics: Any
+) -> torch.Tensor:
+    if intrinsics is None:
+        raise ValueError('`representation="hha"` requires `intrinsics` (camera matrix per depth map).')
+    with torch.no_grad():
+        return compute_hha(torch.where(mask, safe, 0.0), mask, intrinsics)
+
+
+# Every representation the processor offers, by name (in the order of `REPRESENTATIONS`).
+DEPTH_REPRESENTATIONS: dict[str, DepthRepresentation] = {
+    "metric": DepthRepresentation(1, _metric_from_metres, _metric_to_metres),
+    "disparity": DepthRepresentation(1, _disparity, _disparity),
+    "log": DepthRepresentation(1, _log_from_metres, _log_to_metres),
+    "per_image": DepthRepresentation(
+        1,
+        _per_image_from_metres,
+        not_invertible_because="each map is standardised with its own mean and standard deviation, which are not kept",
+    ),
+    "dataset": DepthRepresentation(1, _dataset_from_metres, _dataset_to_metres),
+    "hha": DepthRepresentation(
+        3,
+        _hha_from_metres,
+        not_invertible_because="its channels mix depth with the estimated gravity and lowest scene point",
+    ),
+}
+REPRESENTATIONS = tuple(DEPTH_REPRESENTATIONS)
 # Representations with an exact, differentiable inverse (what attacks need to state budgets in metres).
-INVERTIBLE_REPRESENTATIONS = ("metric", "disparity", "log", "dataset")
+INVERTIBLE_REPRESENTATIONS = tuple(name for name, rep in DEPTH_REPRESENTATIONS.items() if rep.to_metres is not None)
 DEPTH_ENCODINGS = ("plain", "sunrgbd")
 IGNORE_INDEX = -100  # depth token of a patch without valid depth: ignored by cross-entropy
 
@@ -140,7 +238,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
     @property
     def num_channels(self) -> int:
         """Channels of `depth_values`: 3 for HHA, else 1."""
-        return 3 if self.representation == "hha" else 1
+        return DEPTH_REPRESENTATIONS[self.representation].channels
 
     # ------------------------------------------------------------------ main entry points
     def __call__(self, depths: Any, **kwargs: Any) -> BatchFeature:
@@ -188,7 +286,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
         data = {"depth_values": self.from_metres(depth_m, depth_mask, intrinsics_out), "depth_mask": depth_mask}
         if self.depth_vocab_size is not None:
             data["depth_token_ids"] = self.depth_tokens(depth_m, depth_mask)
-        if return_intrinsics:
+        if check_flag(return_intrinsics, "return_intrinsics"):
             if intrinsics_out is None:
                 raise ValueError("`return_intrinsics=True` needs `intrinsics`.")
             data["intrinsics"] = intrinsics_out
@@ -209,6 +307,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             depth_m (B, 1, H, W) float32 metres with 0 at holes, depth_mask (B, 1, H, W) bool, and the rescaled
             intrinsics (B, 3, 3) float32 (None when `intrinsics` is None).
         """
+        allow_aspect_change = check_flag(allow_aspect_change, "allow_aspect_change")
         scale = self.depth_scale if depth_scale is None else _check_depth_scale(depth_scale)
         maps = to_depth_tensors(depths)
         if plans is None:
@@ -283,23 +382,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
         """
         depth_m, depth_mask = self._check_maps(depth_m, depth_mask, "depth_m")
         safe = torch.where(depth_mask, depth_m, torch.ones_like(depth_m))  # keeps gradients finite at holes
-        rep = self.representation
-        if rep == "metric":
-            values = safe / self.max_depth
-        elif rep == "disparity":
-            values = self.baseline * self._focal_length(intrinsics, depth_m) / safe
-        elif rep == "log":
-            low, high = math.log(self.min_depth), math.log(self.max_depth)
-            values = (torch.log(safe) - low) / (high - low)
-        elif rep == "dataset":
-            values = (safe - self.depth_mean) / self.depth_std
-        elif rep == "per_image":
-            values = _standardise_valid(safe, depth_mask)
-        else:  # hha
-            if intrinsics is None:
-                raise ValueError('`representation="hha"` requires `intrinsics` (camera matrix per depth map).')
-            with torch.no_grad():
-                values = compute_hha(torch.where(depth_mask, depth_m, 0.0), depth_mask, intrinsics)
+        values = DEPTH_REPRESENTATIONS[self.representation].from_metres(self, safe, depth_mask, intrinsics)
         return torch.where(depth_mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
     def to_metres(
@@ -321,30 +404,18 @@ class RgbdDepthProcessor(BaseImageProcessor):
         Returns:
             (B, 1, H, W) depth in metres.
         """
-        rep = self.representation
-        if rep not in INVERTIBLE_REPRESENTATIONS:
-            reason = (
-                "each map is standardised with its own mean and standard deviation, which are not kept"
-                if rep == "per_image"
-                else "its channels mix depth with the estimated gravity and lowest scene point"
-            )
+        representation = DEPTH_REPRESENTATIONS[self.representation]
+        if representation.to_metres is None:
             raise ValueError(
-                f'`to_metres` is not available for representation="{rep}": {reason}. Use one of '
-                f"{INVERTIBLE_REPRESENTATIONS} to state depth budgets in metres."
+                f'`to_metres` is not available for representation="{self.representation}": '
+                f"{representation.not_invertible_because}. Use one of {INVERTIBLE_REPRESENTATIONS} to state depth "
+                "budgets in metres."
             )
         if depth_mask is None:
             depth_mask = depth_values != 0
         depth_values, depth_mask = self._check_maps(depth_values, depth_mask, "depth_values")
         safe = torch.where(depth_mask, depth_values, torch.ones_like(depth_values))
-        if rep == "metric":
-            metres = safe * self.max_depth
-        elif rep == "disparity":
-            metres = self.baseline * self._focal_length(intrinsics, depth_values) / safe
-        elif rep == "log":
-            low, high = math.log(self.min_depth), math.log(self.max_depth)
-            metres = torch.exp(safe * (high - low) + low)
-        else:  # dataset
-            metres = safe * self.depth_std + self.depth_mean
+        metres = representation.to_metres(self, safe, depth_mask, intrinsics)
         return torch.where(depth_mask, metres, torch.zeros((), dtype=metres.dtype, device=metres.device))
 
     def depth_tokens(self, depth_m: torch.Tensor, depth_mask: torch.Tensor) -> torch.Tensor:
@@ -362,27 +433,12 @@ class RgbdDepthProcessor(BaseImageProcessor):
             depth_m, depth_mask, self.depth_vocab_size, self.depth_patch_size, self.min_depth, self.max_depth
         )
 
-    def _focal_length(self, intrinsics: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        if intrinsics is None:
-            raise ValueError(
-                '`representation="disparity"` needs `intrinsics` (fx of the rescaled camera matrix), per depth map.'
-            )
-        intrinsics = torch.as_tensor(intrinsics, device=like.device)
-        if intrinsics.ndim != 3 or intrinsics.shape[1:] != (3, 3) or intrinsics.shape[0] != like.shape[0]:
-            raise ValueError(
-                f"`intrinsics` must have shape ({like.shape[0]}, 3, 3) for this batch, got {tuple(intrinsics.shape)}."
-            )
-        return intrinsics[:, 0, 0].to(like.dtype).view(-1, 1, 1, 1)
-
     @staticmethod
     def _check_maps(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(values, torch.Tensor) or values.ndim != 4:
-            raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got {getattr(values, 'shape', type(values))}.")
+        check_image_tensor(values, name)
         if mask is None:
             mask = torch.isfinite(values) & (values > 0)
-        if mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[0] != values.shape[0]:
-            raise ValueError(f"`depth_mask` must be a bool (B, 1, H, W) tensor matching `{name}`.")
-        return values, mask
+        return values, check_depth_mask(mask, values, values_name=name)
 
 
 def _check_follows_rgb(maps: list[torch.Tensor], plans: list[ResizeCropPlan], allow_aspect_change: bool) -> None:
@@ -524,8 +580,9 @@ def _intrinsics_list(intrinsics: Any, batch_size: int) -> list[torch.Tensor]:
     if len(matrices) != batch_size:
         raise ValueError(f"`intrinsics` has {len(matrices)} matrices for {batch_size} depth maps.")
     for k in matrices:
-        if k.shape != (3, 3) or not bool(torch.isfinite(k).all()) or not (k[0, 0] > 0 and k[1, 1] > 0):
-            raise ValueError("each `intrinsics` matrix must be a finite 3x3 pinhole matrix with fx > 0 and fy > 0.")
+        if k.shape != (3, 3):
+            raise ValueError(f"each `intrinsics` matrix must be 3x3, got {tuple(k.shape)}.")
+    check_pinhole_values(torch.stack(matrices))
     return matrices
 
 
@@ -543,7 +600,7 @@ def _standardise_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def _check_depth_scale(depth_scale: Any) -> float:
-    if isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float)) or not 0 < depth_scale < math.inf:
+    if not is_number(depth_scale) or not 0 < depth_scale < math.inf:
         raise ValueError(f"`depth_scale` must be a positive number of metres per unit, got {depth_scale!r}.")
     return float(depth_scale)
 

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .geometry_rgbd import ResizeCropPlan, plan_resize_crop
+from .validation_rgbd import check_flag
 
 # ViT defaults (IMAGENET_STANDARD_MEAN / STD in transformers).
 DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -78,14 +79,14 @@ class RgbdImageProcessor(BaseImageProcessor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.do_resize = do_resize
+        self.do_resize = check_flag(do_resize, "do_resize")
         self.size = _size_dict(size if size is not None else {"height": 224, "width": 224}, "size")
         self.resample = _check_resample(resample)
-        self.do_center_crop = do_center_crop
+        self.do_center_crop = check_flag(do_center_crop, "do_center_crop")
         self.crop_size = _size_dict(crop_size if crop_size is not None else {"height": 224, "width": 224}, "crop_size")
-        self.do_rescale = do_rescale
+        self.do_rescale = check_flag(do_rescale, "do_rescale")
         self.rescale_factor = float(rescale_factor)
-        self.do_normalize = do_normalize
+        self.do_normalize = check_flag(do_normalize, "do_normalize")
         self.image_mean = _channel_stats(DEFAULT_IMAGE_MEAN if image_mean is None else image_mean, "image_mean")
         self.image_std = _channel_stats(DEFAULT_IMAGE_STD if image_std is None else image_std, "image_std")
         if any(s <= 0 for s in self.image_std):
@@ -101,8 +102,10 @@ class RgbdImageProcessor(BaseImageProcessor):
         crop_size: dict[str, int] | int | None = None,
     ) -> ResizeCropPlan:
         """The resize/crop plan this processor applies to an image of `input_size` (height, width)."""
-        do_resize = self.do_resize if do_resize is None else do_resize
-        do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
+        do_resize = self.do_resize if do_resize is None else check_flag(do_resize, "do_resize")
+        do_center_crop = (
+            self.do_center_crop if do_center_crop is None else check_flag(do_center_crop, "do_center_crop")
+        )
         size = self.size if size is None else _size_dict(size, "size")
         crop_size = self.crop_size if crop_size is None else _size_dict(crop_size, "crop_size")
         return plan_resize_crop(input_size, size if do_resize else None, crop_size if do_center_crop else None)
@@ -148,8 +151,8 @@ class RgbdImageProcessor(BaseImageProcessor):
             raise TypeError(f"RgbdImageProcessor.preprocess got unexpected keyword arguments {sorted(kwargs)}.")
         mode = _RESAMPLE_TO_TORCH[_check_resample(self.resample if resample is None else resample)]
         rescale_factor = self.rescale_factor if rescale_factor is None else float(rescale_factor)
-        do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        do_rescale = self.do_rescale if do_rescale is None else check_flag(do_rescale, "do_rescale")
+        do_normalize = self.do_normalize if do_normalize is None else check_flag(do_normalize, "do_normalize")
         mean = self.image_mean if image_mean is None else _channel_stats(image_mean, "image_mean")
         std = self.image_std if image_std is None else _channel_stats(image_std, "image_std")
 

@@ -11,6 +11,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from .depth_processing_rgbd import RgbdDepthProcessor
 from .image_processing_rgbd import RgbdImageProcessor
+from .validation_rgbd import check_flag
 
 _IMAGE_KWARGS = (
     "do_resize",
@@ -153,7 +154,7 @@ class RgbdProcessor(ProcessorMixin):
                     return_tensors=None,
                 )
             )
-        elif intrinsics is not None or return_intrinsics:
+        elif intrinsics is not None or check_flag(return_intrinsics, "return_intrinsics"):
             raise ValueError("`intrinsics` describe depth maps; pass `depths` with them.")
         return BatchFeature(data, tensor_type=return_tensors)
 

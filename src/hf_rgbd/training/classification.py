@@ -16,9 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+
+from ..data.augmentation import random_flip_shift
+from ..processors.validation_rgbd import check_int, is_number
 
 INPUT_KEYS = ("pixel_values", "depth_values", "depth_mask")
 #: the model inputs each value of the shared `modalities` config field reads
@@ -48,73 +50,6 @@ class ClassifierTrainingResult:
     loss_history: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0
-
-
-def split_to_tensors(
-    split: Any, processor: Any, batch_size: int = 500, return_intrinsics: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Process a `make_synthetic_rgbd` split (or any dataset with `image`, `depth`, `label`, `intrinsics`).
-
-    Args:
-        split: a `datasets.Dataset` with `image`, `depth` (metres, 0 = hole), `label` and optionally `intrinsics`.
-        processor: an `RgbdProcessor` (its depth representation decides `depth_values`; HHA uses `intrinsics`).
-        batch_size: rows processed per call (bounds the temporary memory).
-        return_intrinsics: also return the rescaled `intrinsics` (N, 3, 3) when the split has them.
-
-    Returns:
-        `inputs`, every entry the processor returns, concatenated: `pixel_values` (N, 3, H, W), `depth_values`
-        (N, C_d, H, W), `depth_mask` (N, 1, H, W) bool (and `depth_token_ids`, `intrinsics` when asked for);
-        and `labels` (N,) long.
-    """
-    missing = sorted({"image", "depth", "label"} - set(split.column_names))
-    if missing:
-        raise ValueError(
-            f"`split` needs the columns image, depth and label (as make_synthetic_rgbd makes them); it lacks {missing}."
-        )
-    parts: dict[str, list[torch.Tensor]] = {}
-    labels = []
-    numpy_split = split.with_format("numpy")
-    for start in range(0, split.num_rows, batch_size):
-        columns = numpy_split[start : start + batch_size]
-        intrinsics = columns.get("intrinsics")
-        batch = processor(
-            images=columns["image"],
-            depths=columns["depth"][:, None],
-            intrinsics=intrinsics,
-            return_intrinsics=return_intrinsics and intrinsics is not None,
-        )
-        for key, value in batch.items():
-            parts.setdefault(key, []).append(value)
-        labels.append(torch.as_tensor(np.asarray(columns["label"]), dtype=torch.long))
-    return {key: torch.cat(value) for key, value in parts.items()}, torch.cat(labels)
-
-
-def random_flip_shift(
-    inputs: Mapping[str, torch.Tensor], generator: torch.Generator, max_shift: int = 4
-) -> dict[str, torch.Tensor]:
-    """Aligned augmentation of a batch of (B, C, H, W) maps (RGB, depth, mask, ...): per sample a random horizontal
-    flip (p = 1/2) and a translation by up to `max_shift` pixels in each direction, the same for every map of the
-    sample. Pixels shifted in from outside are zeros (holes for `depth_mask`). Draws from `generator` only."""
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"`max_shift` must be an int >= 0 (pixels), got {max_shift!r}.")
-    first = next(iter(inputs.values()))
-    count, height, width = first.shape[0], first.shape[-2], first.shape[-1]
-    device = first.device
-    flips = torch.rand(count, generator=generator) < 0.5
-    shift_y = torch.randint(-max_shift, max_shift + 1, (count,), generator=generator)
-    shift_x = torch.randint(-max_shift, max_shift + 1, (count,), generator=generator)
-    rows = torch.arange(height)[None, :] - shift_y[:, None]  # (B, H): source row of each output row
-    cols = torch.arange(width)[None, :] - shift_x[:, None]
-    cols = torch.where(flips[:, None], width - 1 - cols, cols)
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]  # (B, H, W)
-    samples = torch.arange(count)[:, None, None]
-    rows, cols = rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
-    samples, rows, cols, inside = (tensor.to(device) for tensor in (samples, rows, cols, inside))
-    out = {}
-    for key, value in inputs.items():
-        moved = value.permute(0, 2, 3, 1)[samples, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
-        out[key] = torch.where(inside[:, None], moved, torch.zeros((), dtype=value.dtype, device=device))
-    return out
 
 
 def to_channels_last(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,11 +112,9 @@ def train_classifier(
     Returns:
         [`ClassifierTrainingResult`]; the model is left in eval mode.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"`epochs` and `batch_size` must be positive, got {epochs} and {batch_size}.")
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
-    ):
+    check_int(epochs, "epochs", 1)
+    check_int(batch_size, "batch_size", 1)
+    if max_grad_norm is not None and not (is_number(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
     if (validation_inputs is None) != (validation_labels is None):
         raise ValueError("pass both `validation_inputs` and `validation_labels`, or neither.")
@@ -285,8 +218,6 @@ __all__ = [
     "MODALITY_INPUT_KEYS",
     "ClassifierTrainingResult",
     "classification_accuracy",
-    "random_flip_shift",
-    "split_to_tensors",
     "to_channels_last",
     "train_classifier",
     "train_cnn_classifier",

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .base import RgbdAttack
-from .gradient_attacks import PGD
+from ..attacks import PGD, RgbdAttack
+from ..processors.validation_rgbd import check_flag
 
 
 class AdversarialTrainer(Trainer):
@@ -60,8 +60,8 @@ class AdversarialTrainer(Trainer):
         if attack.model is not self.model:
             raise ValueError("`attack` must attack the model being trained (`attack.model is trainer.model`).")
         self.attack = attack
-        self.use_final_iterate = bool(use_final_iterate)
-        self.adversarial_evaluation = bool(adversarial_evaluation)
+        self.use_final_iterate = check_flag(use_final_iterate, "use_final_iterate")
+        self.adversarial_evaluation = check_flag(adversarial_evaluation, "adversarial_evaluation")
 
     def adversarial_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """`inputs` with the attacked entries replaced by their adversarial versions (labels from `inputs`)."""

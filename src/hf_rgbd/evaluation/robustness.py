@@ -16,8 +16,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers.image_processing_utils import BatchFeature
 
-from ..training.classification import split_to_tensors
-from .base import AttackResult, RgbdAttack, _model_device, model_inputs
+from ..attacks import AttackResult, RgbdAttack
+from ..attacks.base import model_device, model_inputs
+from ..data.splits import split_to_tensors
+from ..processors.validation_rgbd import check_int
 
 
 def _batches(processor: Any, dataset: Any, batch_size: int) -> list[tuple[BatchFeature, torch.Tensor]]:
@@ -85,12 +87,11 @@ def evaluate_robustness(
             raise ValueError(f"`attacks[{name!r}]` must be an hf-rgbd attack, got {type(attack).__name__}.")
         if attack.targeted:
             raise ValueError(f"`attacks[{name!r}]` is targeted; robustness is evaluated with untargeted attacks.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    check_int(batch_size, "batch_size", 1)
     if len(dataset) == 0:
         raise ValueError("`dataset` is empty.")
 
-    device = _model_device(model)
+    device = model_device(model)
     was_training = [(module, module.training) for module in model.modules()]
     model.eval()
     output_path = None if output_dir is None else Path(output_dir)

@@ -1,0 +1,105 @@
+"""Argument checks of the processors and the attacks, one helper per check; each error names the argument.
+
+Part of the flat `hf_rgbd.processors` folder (imports nothing from hf_rgbd, so saved processors carry it). The
+attacks and the training and evaluation helpers import it from here. Only `check_pinhole_values` reads tensor
+values; the others look at types, shapes and dtypes, so they cost no host sync.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _described(value: Any) -> str:
+    """`value` for an error message: a tensor's dtype and shape, else its type."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """`value` as a bool; ValueError naming `name` unless it is a bool (Python or numpy). A tensor, a string or a
+    number here is a misplaced argument whose truth value would be silently wrong."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a bool, got {_described(value)}.")
+    return bool(value)
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is a Python int or float and not a bool (the type test of every numeric setting)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """`value` unchanged if it is an int (not a bool) >= `minimum`; ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_image_tensor(values: Any, name: str, channels: int | None = None) -> torch.Tensor:
+    """`values` unchanged if it is a floating-point (B, C, H, W) tensor, with C == `channels` when given;
+    ValueError naming `name` otherwise."""
+    is_image = isinstance(values, torch.Tensor) and values.ndim == 4 and values.is_floating_point()
+    if not is_image or (channels is not None and values.shape[1] != channels):
+        layout = f"(B, {'C' if channels is None else channels}, H, W)"
+        raise ValueError(f"`{name}` must be a floating-point {layout} tensor, got {_described(values)}.")
+    return values
+
+
+def check_depth_mask(
+    mask: Any, values: torch.Tensor, values_name: str = "depth_values", name: str = "depth_mask"
+) -> torch.Tensor:
+    """`mask` unchanged if it is a bool (B, 1, H, W) tensor with the batch size and spatial size of `values`
+    (B, C, H, W); ValueError naming `name` and `values_name` otherwise."""
+    expected = (values.shape[0], 1, *values.shape[2:])
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != expected:
+        raise ValueError(
+            f"`{name}` must be a bool (B, 1, H, W) tensor matching `{values_name}`, here {expected}; got "
+            f"{_described(mask)}."
+        )
+    return mask
+
+
+def check_labels(labels: Any, batch_size: int) -> torch.Tensor:
+    """`labels` as a tensor if it holds one integer per sample, shape (`batch_size`,); ValueError otherwise."""
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.shape[0] != batch_size or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"`labels` must be an integer tensor of shape ({batch_size},), got {labels.dtype} {tuple(labels.shape)}."
+        )
+    return labels
+
+
+def check_intrinsics(intrinsics: Any, batch_size: int, name: str = "intrinsics") -> torch.Tensor:
+    """`intrinsics` unchanged if it is a (`batch_size`, 3, 3) tensor; ValueError naming `name` otherwise."""
+    if not isinstance(intrinsics, torch.Tensor) or tuple(intrinsics.shape) != (batch_size, 3, 3):
+        raise ValueError(
+            f"`{name}` must be a ({batch_size}, 3, 3) tensor (one camera matrix per map), got {_described(intrinsics)}."
+        )
+    return intrinsics
+
+
+def check_pinhole_values(intrinsics: torch.Tensor, name: str = "intrinsics") -> None:
+    """ValueError naming `name` unless every (..., 3, 3) matrix is finite with focal lengths fx = K[0, 0] and
+    fy = K[1, 1] positive. Reads the values (one host sync): call it once per input, not per step."""
+    matrices = intrinsics.detach().to(torch.float64)
+    if not bool(torch.isfinite(matrices).all()):
+        raise ValueError(f"`{name}` must be finite pinhole matrices.")
+    if bool((matrices[..., 0, 0] <= 0).any()) or bool((matrices[..., 1, 1] <= 0).any()):
+        raise ValueError(f"`{name}` must have positive focal lengths fx = K[0, 0] and fy = K[1, 1].")
+
+
+__all__ = [
+    "check_depth_mask",
+    "check_flag",
+    "check_image_tensor",
+    "check_int",
+    "check_intrinsics",
+    "check_labels",
+    "check_pinhole_values",
+    "is_number",
+]
