@@ -97,21 +97,6 @@ class PGD(RgbdAttack):
 
     min_steps = 1
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        budget: dict[str, float] | None = None,
-        alpha: dict[str, float] | None = None,
-        steps: int = 10,
-        random_start: bool = True,
-        n_restarts: int = 1,
-        loss: str | LossFunction | AttackObjective = "ce",
-        targeted: bool = False,
-        processor: Any = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(model, budget, alpha, steps, random_start, n_restarts, loss, targeted, processor, seed)
-
     def _attack_once(self, run: AttackRun) -> Iterate:
         space = run.space
         x = space.random_linf(self.generator(run.device)) if self.random_start else space.clean()

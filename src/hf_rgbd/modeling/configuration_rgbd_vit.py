@@ -17,6 +17,22 @@ PositionEmbeddingInit = Literal["random", "sincos"]
 RGBD_TOWER_MODALITIES: tuple[str, ...] = get_args(RgbdTowerModality)
 PATCH_EMBEDDING_TYPES: tuple[str, ...] = get_args(PatchEmbeddingType)
 
+# Field values of the preset towers `RgbdVitConfig.tiny()` and `.small()`; their keyword arguments override them.
+_TINY_TOWER = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+)
+_SMALL_TOWER = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
+    image_size=64,
+    patch_size=16,
+    layer_norm_eps=1e-6,
+    position_embedding_init="sincos",
+    patch_embedding_type="conv_stem",
+)
+
 
 def _as_pair(value: int | list[int] | tuple[int, ...], name: str) -> tuple[int, int]:
     """`value` as an `(height, width)` pair of positive ints; ValueError naming `name` otherwise."""
@@ -161,35 +177,14 @@ class RgbdVitConfig(PreTrainedConfig):
     @classmethod
     def tiny(cls, modality: RgbdTowerModality = "rgb", **kwargs) -> "RgbdVitConfig":
         """A tiny tower for tests: hidden 32, 2 layers, 2 heads, image 32, patch 8."""
-        defaults = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=32,
-            patch_size=8,
-        )
-        defaults.update(kwargs)
-        return cls(modality=modality, **defaults)
+        return cls(modality=modality, **{**_TINY_TOWER, **kwargs})
 
     @classmethod
     def small(cls, modality: RgbdTowerModality = "rgb", **kwargs) -> "RgbdVitConfig":
         """A small tower for 64x64 inputs on a CPU, for training from scratch: hidden 128, 4 layers, 4 heads, MLP
         256, patch 16 (16 patches) made by a convolutional stem (`patch_embedding_type="conv_stem"`), sine-cosine
         initialised position embeddings."""
-        defaults = dict(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=256,
-            image_size=64,
-            patch_size=16,
-            layer_norm_eps=1e-6,
-            position_embedding_init="sincos",
-            patch_embedding_type="conv_stem",
-        )
-        defaults.update(kwargs)
-        return cls(modality=modality, **defaults)
+        return cls(modality=modality, **{**_SMALL_TOWER, **kwargs})
 
 
 __all__ = [

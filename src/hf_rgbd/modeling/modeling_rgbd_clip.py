@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_rgbd_clip import RgbdClipConfig
-from .configuration_rgbd_vit import RgbdVitConfig
+from .configuration_rgbd_vit import RgbdTowerModality, RgbdVitConfig
 from .modeling_rgbd_common import RgbdAutoMapMixin, check_labels, draw_modality_dropout
 from .modeling_rgbd_vit import RgbdVitModel, resize_position_embeddings
 
@@ -404,6 +404,27 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
                 kwargs[flag] = True
         return kwargs
 
+    def _tower_features(
+        self, modality: RgbdTowerModality, kwargs: dict[str, Any], **tower_inputs: Any
+    ) -> BaseModelOutputWithPooling:
+        """What `get_{modality}_features` returns: the tower's output on `tower_inputs` (the first one is required)
+        with its `pooler_output` projected."""
+        if modality == "rgb":
+            tower, projection, article, label = self.rgb_model, self.rgb_projection, "an", "RGB"
+        else:
+            tower, projection, article, label = self.depth_model, self.depth_projection, "a", "depth"
+        if tower is None:
+            raise ValueError(
+                f"`get_{modality}_features` needs {article} {label} tower, but "
+                f"`modalities={self.config.modalities!r}`."
+            )
+        input_name, values = next(iter(tower_inputs.items()))
+        if values is None:
+            raise ValueError(f"`{input_name}` is required to compute {label} features.")
+        outputs = tower(**tower_inputs, return_dict=True, **self._tower_kwargs(kwargs))
+        outputs.pooler_output = projection(outputs.pooler_output)
+        return outputs
+
     @can_return_tuple
     def get_rgb_features(
         self,
@@ -413,18 +434,9 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """RGB tower output whose `pooler_output` is the projected (not normalised) embedding (B, projection_dim),
         as `CLIPModel.get_image_features` returns it. `pixel_values`: (B, 3, H, W)."""
-        if self.rgb_model is None:
-            raise ValueError(f"`get_rgb_features` needs an RGB tower, but `modalities={self.config.modalities!r}`.")
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required to compute RGB features.")
-        outputs = self.rgb_model(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
-            **self._tower_kwargs(kwargs),
+        return self._tower_features(
+            "rgb", kwargs, pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        outputs.pooler_output = self.rgb_projection(outputs.pooler_output)
-        return outputs
 
     @can_return_tuple
     def get_depth_features(
@@ -436,19 +448,13 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Depth tower output whose `pooler_output` is the projected (not normalised) embedding
         (B, projection_dim). `depth_values`: (B, C_d, H, W); `depth_mask`: (B, 1, H, W) bool, False at holes."""
-        if self.depth_model is None:
-            raise ValueError(f"`get_depth_features` needs a depth tower, but `modalities={self.config.modalities!r}`.")
-        if depth_values is None:
-            raise ValueError("`depth_values` is required to compute depth features.")
-        outputs = self.depth_model(
+        return self._tower_features(
+            "depth",
+            kwargs,
             depth_values=depth_values,
             depth_mask=depth_mask,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
-            **self._tower_kwargs(kwargs),
         )
-        outputs.pooler_output = self.depth_projection(outputs.pooler_output)
-        return outputs
 
     def scaled_logit_scale(self) -> torch.Tensor:
         """`exp(logit_scale)` with `logit_scale` clamped to [0, log(100)] (gradient zero outside)."""

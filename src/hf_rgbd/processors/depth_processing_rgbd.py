@@ -20,6 +20,7 @@ from .validation_rgbd import (
     check_image_tensor,
     check_intrinsics,
     check_pinhole_values,
+    flatten_batch,
     is_number,
 )
 
@@ -503,17 +504,7 @@ def decode_sunrgbd_depth(raw: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def to_depth_tensors(depths: Any) -> list[torch.Tensor]:
     """Flatten `depths` into a list of 2-D tensors (H, W) in their original dtype, checking shapes and signs."""
-    if isinstance(depths, (list, tuple)):
-        if len(depths) == 0:
-            raise ValueError("`depths` is an empty batch; pass at least one depth map.")
-        maps = []
-        for index, depth in enumerate(depths):
-            maps.extend(_depth_to_tensors(depth, f"depths[{index}]"))
-        return maps
-    maps = _depth_to_tensors(depths, "depths")
-    if not maps:
-        raise ValueError("`depths` is an empty batch; pass at least one depth map.")
-    return maps
+    return flatten_batch(depths, "depths", "depth map", _depth_to_tensors)
 
 
 def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:

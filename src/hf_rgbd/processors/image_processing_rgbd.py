@@ -12,7 +12,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .geometry_rgbd import ResizeCropPlan, plan_resize_crop
-from .validation_rgbd import check_flag
+from .validation_rgbd import check_flag, flatten_batch
 
 # ViT defaults (IMAGENET_STANDARD_MEAN / STD in transformers).
 DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -220,17 +220,7 @@ def to_image_tensors(images: Any) -> list[tuple[torch.Tensor, str]]:
     Each tensor is `uint8` or float32, shape (3, H, W) for layout "chw" or (H, W, 3) for layout "hwc".
     Raises `ValueError` naming `images` for anything else.
     """
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("`images` is an empty batch; pass at least one image.")
-        items = []
-        for index, image in enumerate(images):
-            items.extend(_image_to_tensors(image, f"images[{index}]"))
-        return items
-    items = _image_to_tensors(images, "images")
-    if not items:
-        raise ValueError("`images` is an empty batch; pass at least one image.")
-    return items
+    return flatten_batch(images, "images", "image", _image_to_tensors)
 
 
 def _image_to_tensors(image: Any, name: str) -> list[tuple[torch.Tensor, str]]:

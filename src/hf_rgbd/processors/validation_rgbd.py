@@ -7,10 +7,13 @@ values; the others look at types, shapes and dtypes, so they cost no host sync.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+Item = TypeVar("Item")
 
 
 def _described(value: Any) -> str:
@@ -93,6 +96,23 @@ def check_pinhole_values(intrinsics: torch.Tensor, name: str = "intrinsics") -> 
         raise ValueError(f"`{name}` must have positive focal lengths fx = K[0, 0] and fy = K[1, 1].")
 
 
+def flatten_batch(inputs: Any, name: str, item: str, convert: Callable[[Any, str], list[Item]]) -> list[Item]:
+    """The items of `inputs` (one input or a list / tuple of them), each input converted by `convert(input, its
+    name)`; ValueError naming `name` for an empty list, or a single input that holds no `item`."""
+    empty = f"`{name}` is an empty batch; pass at least one {item}."
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) == 0:
+            raise ValueError(empty)
+        items = []
+        for index, value in enumerate(inputs):
+            items.extend(convert(value, f"{name}[{index}]"))
+        return items
+    items = convert(inputs, name)
+    if not items:
+        raise ValueError(empty)
+    return items
+
+
 __all__ = [
     "check_depth_mask",
     "check_flag",
@@ -101,5 +121,6 @@ __all__ = [
     "check_intrinsics",
     "check_labels",
     "check_pinhole_values",
+    "flatten_batch",
     "is_number",
 ]
