@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from typing_extensions import Unpack
 
 from ..processors.validation_rgbd import is_number
-from .base import AttackRun, RgbdAttack
-from .objectives import AttackObjective, LossFunction
+from .base import AttackRun, AttackSettings, RgbdAttack
 from .perturbation_space import Iterate
 
 
@@ -54,16 +52,10 @@ class APGD(RgbdAttack):
         budget: dict[str, float] | None = None,
         steps: int = 100,
         n_restarts: int = 1,
-        loss: str | LossFunction | AttackObjective = "ce",
-        targeted: bool = False,
-        processor: Any = None,
-        seed: int = 0,
         rho: float = 0.75,
+        **settings: Unpack[AttackSettings],
     ) -> None:
-        super().__init__(
-            model, budget, steps=steps, random_start=True, n_restarts=n_restarts, loss=loss,
-            targeted=targeted, processor=processor, seed=seed,
-        )  # fmt: skip
+        super().__init__(model, budget, steps=steps, random_start=True, n_restarts=n_restarts, **settings)
         if not is_number(rho) or not 0 < rho <= 1:
             raise ValueError(f"`rho` must be in (0, 1], got {rho!r}.")
         self.rho = float(rho)

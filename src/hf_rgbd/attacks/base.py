@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from transformers.image_processing_utils import BatchFeature
@@ -22,6 +22,18 @@ from ..processors.validation_rgbd import check_flag, check_int, is_number
 from .objectives import AttackObjective, LossFunction, make_objective
 from .perturbation_space import Iterate, PerturbationSpace, check_processor
 from .tracking import AttackResult, IterateTracker, perturbation_norms
+
+
+class AttackSettings(TypedDict, total=False):
+    """Keyword arguments every attack takes in the same meaning (see [`RgbdAttack`]): `loss` (defaults to
+    `"ce"`), `targeted` (False), `processor` (None) and `seed` (0). The attack classes name only the arguments that
+    differ between them and take these as `**settings: Unpack[AttackSettings]`."""
+
+    loss: str | LossFunction | AttackObjective
+    targeted: bool
+    processor: Any
+    seed: int
+
 
 PERTURBABLE_INPUTS = ("pixel_values", "depth_values")
 # Batch entries that are never forwarded to a model that does not name them explicitly.
@@ -341,6 +353,7 @@ class AttackRun:
 
 
 __all__ = [
+    "AttackSettings",
     "DEFAULT_BUDGET",
     "PERTURBABLE_INPUTS",
     "AttackResult",

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from typing_extensions import Unpack
 
 from ..processors.validation_rgbd import is_number
-from .base import AttackRun, RgbdAttack
-from .objectives import AttackObjective, LossFunction
+from .base import AttackRun, AttackSettings, RgbdAttack
 from .perturbation_space import Iterate
 
 
@@ -27,14 +27,9 @@ class FGSM(RgbdAttack):
         self,
         model: torch.nn.Module,
         budget: dict[str, float] | None = None,
-        loss: str | LossFunction | AttackObjective = "ce",
-        targeted: bool = False,
-        processor: Any = None,
-        seed: int = 0,
+        **settings: Unpack[AttackSettings],
     ) -> None:
-        super().__init__(
-            model, budget, steps=1, random_start=False, loss=loss, targeted=targeted, processor=processor, seed=seed
-        )
+        super().__init__(model, budget, steps=1, random_start=False, **settings)
 
     def _attack_once(self, run: AttackRun) -> Iterate:
         space = run.space
@@ -59,15 +54,9 @@ class RFGSM(RgbdAttack):
         model: torch.nn.Module,
         budget: dict[str, float] | None = None,
         alpha: dict[str, float] | None = None,
-        loss: str | LossFunction | AttackObjective = "ce",
-        targeted: bool = False,
-        processor: Any = None,
-        seed: int = 0,
+        **settings: Unpack[AttackSettings],
     ) -> None:
-        super().__init__(
-            model, budget, alpha, steps=1, random_start=True, loss=loss, targeted=targeted, processor=processor,
-            seed=seed,
-        )  # fmt: skip
+        super().__init__(model, budget, alpha, steps=1, random_start=True, **settings)
         too_large = {name: step for name, step in self.alpha.items() if step > self.budget[name]}
         if too_large:
             raise ValueError(f"`alpha` {too_large} exceeds `budget` {self.budget}: R+FGSM needs alpha <= budget.")
@@ -121,15 +110,9 @@ class BIM(PGD):
         budget: dict[str, float] | None = None,
         alpha: dict[str, float] | None = None,
         steps: int = 10,
-        loss: str | LossFunction | AttackObjective = "ce",
-        targeted: bool = False,
-        processor: Any = None,
-        seed: int = 0,
+        **settings: Unpack[AttackSettings],
     ) -> None:
-        super().__init__(
-            model, budget, alpha, steps=steps, random_start=False, loss=loss, targeted=targeted, processor=processor,
-            seed=seed,
-        )  # fmt: skip
+        super().__init__(model, budget, alpha, steps=steps, random_start=False, **settings)
 
     def _check_steps(self, steps: Any) -> int:
         steps = super()._check_steps(steps)
@@ -183,15 +166,9 @@ class MIFGSM(RgbdAttack):
         alpha: dict[str, float] | None = None,
         steps: int = 10,
         decay: float = 1.0,
-        loss: str | LossFunction | AttackObjective = "ce",
-        targeted: bool = False,
-        processor: Any = None,
-        seed: int = 0,
+        **settings: Unpack[AttackSettings],
     ) -> None:
-        super().__init__(
-            model, budget, alpha, steps=steps, random_start=False, loss=loss, targeted=targeted, processor=processor,
-            seed=seed,
-        )  # fmt: skip
+        super().__init__(model, budget, alpha, steps=steps, random_start=False, **settings)
         if not is_number(decay) or decay < 0:
             raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
         self.decay = float(decay)
