@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.image_processing_utils import BatchFeature
@@ -27,6 +28,7 @@ _IMAGE_KWARGS = (
 )
 
 
+@strict
 class RgbdProcessorConfig(PreTrainedConfig):
     """Configuration that maps a folder or repo to [`RgbdProcessor`] through `AutoProcessor` / `AutoImageProcessor`.
 
