@@ -1,8 +1,9 @@
 """Speed of this checkout against another checkout (e.g. main before a refactor), with the existing benchmarks.
 
-Each round runs every benchmark script of THIS checkout twice, once importing hf_rgbd from the baseline's `src/`
-and once from this checkout's `src/` (the order alternates from round to round, so machine-load drifts hit both
-alike). Each run already measures hf_rgbd against its own reference in the same process (`ViTModel`,
+Each round runs every benchmark script twice: the baseline's own copy of the script with the baseline's `src/`, and
+this checkout's copy with this checkout's `src/` (each tree's scripts import from where that tree keeps its names;
+the workload and command line are the same). The order alternates from round to round, so machine-load drifts hit
+both alike. Each run already measures hf_rgbd against its own reference in the same process (`ViTModel`,
 `CLIPImageProcessor`, raw forward + input-gradient); this script collects those figures from every run and
 prints, per figure, the median and spread over the rounds for both trees and their ratio.
 
@@ -62,9 +63,10 @@ INVERTED = {"attacks"}
 
 
 def run(script: str, arguments: list[str], source: Path) -> str:
+    """Run `script` of the tree whose `src/` is `source`, importing hf_rgbd from there."""
     env = dict(os.environ, PYTHONPATH=str(source))
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *arguments], env=env, capture_output=True, text=True
+        [sys.executable, str(source.parent / "scripts" / script), *arguments], env=env, capture_output=True, text=True
     )
     if result.returncode != 0:
         raise SystemExit(f"{script} with {source} failed:\n{result.stderr[-3000:]}")
