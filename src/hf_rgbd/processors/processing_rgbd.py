@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.image_processing_base import ImageProcessingMixin
@@ -116,10 +119,12 @@ class RgbdProcessor(ProcessorMixin):
         """Process RGB images and/or depth maps into one batch.
 
         Args:
-            images: RGB image(s), any input [`RgbdImageProcessor`] accepts. Optional when `depths` is given.
-            depths: depth map(s), any input [`RgbdDepthProcessor`] accepts, one per image. Optional when `images`
-                is given.
-            intrinsics: (3, 3), (B, 3, 3) or a list of (3, 3) camera matrices in each depth map's pixel grid.
+            images: RGB image(s), any input [`RgbdImageProcessor`] accepts, also as nested lists (H, W, 3) or a
+                `datasets` column. Optional when `depths` is given.
+            depths: depth map(s), any input [`RgbdDepthProcessor`] accepts, one per image, also as nested lists
+                (H, W) or a `datasets` column. Optional when `images` is given.
+            intrinsics: (3, 3), (B, 3, 3) or a list of (3, 3) camera matrices in each depth map's pixel grid (arrays,
+                tensors or nested lists: a 3x3 nested list is one matrix).
             return_tensors: `"pt"` (default) or `"np"`.
             allow_aspect_change: accept RGB and depth of different aspect ratios (depth is stretched).
             depth_scale: metres per integer depth unit for this call.
@@ -135,6 +140,11 @@ class RgbdProcessor(ProcessorMixin):
             raise TypeError(f"RgbdProcessor got unexpected keyword arguments {sorted(unknown)}.")
         if images is None and depths is None:
             raise ValueError("pass `images`, `depths` or both.")
+        images = _batch_structure(images, "images", item_nesting=(2, 3))
+        depths = _batch_structure(depths, "depths", item_nesting=(2,))
+        intrinsics = _batch_structure(intrinsics, "intrinsics", item_nesting=(2,))
+        if isinstance(intrinsics, list) and not intrinsics:
+            raise ValueError("`intrinsics` is an empty list; pass one (3, 3) matrix or one per depth map.")
         data = {}
         if images is not None:
             data["pixel_values"], plans = self.image_processor.preprocess_with_plans(images, **kwargs)
@@ -163,6 +173,43 @@ class RgbdProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return self.image_processor.model_input_names + self.depth_image_processor.model_input_names
+
+
+def _nesting(value: Any) -> int:
+    """How many list / tuple levels lead from `value` to a scalar (a number, or a string or None to reject on
+    conversion), following first elements; 0 if `value` is no nested list of scalars (an image, an array, ...)."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and value:
+        value, depth = value[0], depth + 1
+    is_scalar = value is None or isinstance(value, (numbers.Number, str, bytes))
+    return depth if is_scalar else 0
+
+
+def _nested_array(value: list | tuple, name: str) -> np.ndarray:
+    """A nested list of numbers as a numpy array; ValueError naming `name` for ragged lists or non-numbers."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"`{name}` must be nested lists of numbers with a regular shape (rows of equal length)."
+        ) from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"`{name}` must be nested lists of numbers, got elements of dtype {array.dtype}.")
+    return array
+
+
+def _batch_structure(inputs: Any, name: str, item_nesting: tuple[int, ...]) -> Any:
+    """`inputs` in the structure the sub-processors take (one item, or a list of items), from what `datasets`
+    returns: a column (`dataset["depth"]`, a `Sequence`) becomes a list, a nested list of numbers that is one item
+    (its nesting in `item_nesting`: depth (H, W) 2, RGB (H, W, 3) 3, a (3, 3) matrix 2) one numpy array, and each
+    nested-list item of a list a numpy array."""
+    if isinstance(inputs, Sequence) and not isinstance(inputs, (list, tuple, str, bytes)):
+        inputs = list(inputs)
+    if not isinstance(inputs, (list, tuple)):
+        return inputs
+    if _nesting(inputs) in item_nesting:
+        return _nested_array(inputs, name)
+    return [_nested_array(item, f"{name}[{index}]") if _nesting(item) else item for index, item in enumerate(inputs)]
 
 
 def processor_from_vision_pretrained(
