@@ -10,18 +10,20 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import TrainingArguments
+from transformers import DefaultDataCollator, Trainer, TrainingArguments
+from transformers.trainer_utils import align_special_tokens
 
 from hf_rgbd import (
     RgbdClipConfig,
     RgbdClipForImageClassification,
+    RgbdClipModel,
     RgbdCnnConfig,
     RgbdCnnForImageClassification,
     RgbdDepthProcessor,
     RgbdImageProcessor,
     RgbdProcessor,
 )
-from hf_rgbd.data import make_synthetic_rgbd
+from hf_rgbd.data import make_synthetic_rgbd, split_to_tensors
 
 SIZE = 32  # RgbdClipConfig.tiny() towers take 32x32
 NUM_LABELS = 8
@@ -85,6 +87,48 @@ def with_processor(split, processor: RgbdProcessor, labels: bool = True):
         return {**batch, "label": examples["label"]} if labels else dict(batch)
 
     return split.with_transform(transforms)
+
+
+def test_clip_model_reports_eval_loss_without_labels(tmp_path, scenes):
+    processor = make_processor()
+    torch.manual_seed(0)
+    model = RgbdClipModel(RgbdClipConfig.tiny())
+    trainer = Trainer(
+        model=model,
+        args=tutorial_args(tmp_path, save_strategy="no", load_best_model_at_end=False, metric_for_best_model=None),
+        data_collator=DefaultDataCollator(),
+        train_dataset=with_processor(scenes["train"], processor, labels=False),
+        eval_dataset=with_processor(scenes["validation"], processor, labels=False),
+        processing_class=processor,
+    )
+    output = trainer.train()
+    assert output.global_step == 4 and np.isfinite(output.training_loss)
+    metrics = trainer.evaluate()
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
+    # the contrastive loss over the whole split (one batch of 4) is what evaluate reports for batch size 4
+    model.eval()
+    inputs = split_to_tensors(scenes["validation"], processor)[0]
+    with torch.no_grad():
+        expected = float(model(**inputs, return_loss=True).loss)
+    trainer.args.per_device_eval_batch_size = 4
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_processor_has_no_text_tokenizer(tmp_path):
+    processor = make_processor()
+    tokenizer = processor.tokenizer
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (None, None, None)
+    with pytest.raises(ValueError, match="no text tokenizer"):
+        processor.decode([1, 2])
+    with pytest.raises(ValueError, match="no text tokenizer"):
+        processor.batch_decode([[1, 2]])
+    model = tiny_cnn()
+    config = model.config.to_dict()
+    align_special_tokens(model, processor)
+    assert model.config.to_dict() == config
+    processor.save_pretrained(tmp_path)
+    assert "tokenizer" not in (tmp_path / "processor_config.json").read_text()
+    assert not [path.name for path in tmp_path.iterdir() if "tokenizer" in path.name or "vocab" in path.name]
 
 
 # ------------------------------------------------------------------------------------ datasets columns

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from huggingface_hub.dataclasses import strict
@@ -42,6 +42,27 @@ class RgbdProcessorConfig(PreTrainedConfig):
     model_type = "rgbd_processor"
 
 
+class NoTextTokenizer:
+    """The text tokenizer an RGB-D processor does not have: no special tokens, nothing to decode.
+
+    `Trainer.train()` reads `processing_class.tokenizer` of every `ProcessorMixin` to align the model's
+    `bos_token_id` / `eos_token_id` / `pad_token_id` with it (`transformers.trainer_utils.align_special_tokens`);
+    with every id None there is nothing to align and the model config stays as it is.
+    """
+
+    bos_token_id = None
+    eos_token_id = None
+    pad_token_id = None
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        raise ValueError("RgbdProcessor has no text tokenizer: there are no text tokens to decode.")
+
+    batch_decode = decode
+
+    def __repr__(self) -> str:
+        return "NoTextTokenizer()"
+
+
 class RgbdProcessor(ProcessorMixin):
     r"""
     Pairs an [`RgbdImageProcessor`] (which owns the geometry) with an [`RgbdDepthProcessor`] (which follows it).
@@ -57,7 +78,12 @@ class RgbdProcessor(ProcessorMixin):
     Args:
         image_processor ([`RgbdImageProcessor`], *optional*): default `RgbdImageProcessor()`.
         depth_image_processor ([`RgbdDepthProcessor`], *optional*): default `RgbdDepthProcessor()`.
+
+    `tokenizer` is a [`NoTextTokenizer`] (no special tokens), which is what `Trainer(processing_class=processor)`
+    reads of it before training.
     """
+
+    tokenizer: ClassVar[NoTextTokenizer] = NoTextTokenizer()
 
     def __init__(
         self,
