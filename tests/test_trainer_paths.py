@@ -5,12 +5,14 @@ processor fed the columns of `make_synthetic_rgbd()` as `datasets` returns them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import DefaultDataCollator, Trainer, TrainingArguments
+from transformers import AutoProcessor, DefaultDataCollator, Trainer, TrainingArguments
 from transformers.trainer_utils import align_special_tokens
 
 from hf_rgbd import (
@@ -24,6 +26,9 @@ from hf_rgbd import (
     RgbdProcessor,
 )
 from hf_rgbd.data import make_synthetic_rgbd, split_to_tensors
+from hf_rgbd.modeling.modeling_rgbd_clip import RgbdClipImageClassifierOutput
+from hf_rgbd.modeling.modeling_rgbd_cnn import RgbdCnnImageClassifierOutput
+from hf_rgbd.training import AdversarialTrainer
 
 SIZE = 32  # RgbdClipConfig.tiny() towers take 32x32
 NUM_LABELS = 8
@@ -89,6 +94,56 @@ def with_processor(split, processor: RgbdProcessor, labels: bool = True):
     return split.with_transform(transforms)
 
 
+# ------------------------------------------------------------------------------------ Trainer(processing_class=...)
+@pytest.mark.parametrize("make_model", [tiny_cnn, tiny_clip_classifier], ids=["cnn", "clip"])
+def test_image_classification_tutorial_trains_evaluates_predicts_and_saves(tmp_path, scenes, make_model):
+    processor = make_processor()
+    model = make_model()
+    special_tokens = {
+        name: getattr(model.config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    trainer = Trainer(
+        model=model,
+        args=tutorial_args(tmp_path),
+        data_collator=DefaultDataCollator(),
+        train_dataset=with_processor(scenes["train"], processor),
+        eval_dataset=with_processor(scenes["validation"], processor),
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+    )
+    output = trainer.train()
+    assert output.global_step == 4 and np.isfinite(output.training_loss)
+    assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert {name: getattr(model.config, name, None) for name in special_tokens} == special_tokens
+
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])
+    prediction = trainer.predict(with_processor(scenes["test"], processor))
+    assert isinstance(prediction.predictions, np.ndarray)
+    assert prediction.predictions.shape == (4, NUM_LABELS)  # the logits, nothing else
+    assert prediction.label_ids.tolist() == scenes["test"]["label"]
+    model.eval()
+    expected = model(**split_to_tensors(scenes["test"], processor)[0]).logits
+    np.testing.assert_allclose(prediction.predictions, expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert (
+        prediction.metrics["test_accuracy"]
+        == compute_metrics((prediction.predictions, prediction.label_ids))["accuracy"]
+    )
+
+    # every checkpoint holds the processor, which loads back and gives the same batches
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    assert [path.name for path in checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    loaded = AutoProcessor.from_pretrained(checkpoints[-1])
+    assert isinstance(loaded, RgbdProcessor)
+    row = scenes["test"][0]
+    for key, value in processor(images=row["image"], depths=row["depth"], intrinsics=row["intrinsics"]).items():
+        again = loaded(images=row["image"], depths=row["depth"], intrinsics=row["intrinsics"])[key]
+        torch.testing.assert_close(again, value, atol=0, rtol=0)
+    trainer.save_model(tmp_path / "final")
+    assert (tmp_path / "final" / "processor_config.json").is_file()
+
+
 def test_clip_model_reports_eval_loss_without_labels(tmp_path, scenes):
     processor = make_processor()
     torch.manual_seed(0)
@@ -114,6 +169,41 @@ def test_clip_model_reports_eval_loss_without_labels(tmp_path, scenes):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_adversarial_trainer_default_path_trains_evaluates_and_predicts(tmp_path, scenes):
+    # the documented default: no `attack`, `processing_class` the processor that made the batches -> PGD
+    processor = make_processor()
+    model = tiny_cnn()
+    perturbed = []
+    trainer = AdversarialTrainer(
+        model=model,
+        args=tutorial_args(tmp_path, num_train_epochs=1),
+        data_collator=DefaultDataCollator(),
+        train_dataset=with_processor(scenes["train"], processor),
+        eval_dataset=with_processor(scenes["validation"], processor),
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+    )
+    assert trainer.attack.steps == 10 and trainer.attack.processor is processor
+    perturb = trainer.attack.perturb
+
+    def recording_perturb(inputs, labels=None):
+        result = perturb(inputs, labels)
+        perturbed.append(not torch.equal(result.final_inputs["pixel_values"], inputs["pixel_values"]))
+        return result
+
+    trainer.attack.perturb = recording_perturb
+    output = trainer.train()
+    assert output.global_step == 2 and np.isfinite(output.training_loss)
+    assert perturbed == [True, True]  # every training batch was attacked
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and len(perturbed) == 2  # clean evaluation
+    prediction = trainer.predict(with_processor(scenes["test"], processor))
+    assert prediction.predictions.shape == (4, NUM_LABELS)
+    assert AutoProcessor.from_pretrained(tmp_path / "checkpoint-2").depth_image_processor.to_dict() == (
+        processor.depth_image_processor.to_dict()
+    )
+
+
 def test_processor_has_no_text_tokenizer(tmp_path):
     processor = make_processor()
     tokenizer = processor.tokenizer
@@ -129,6 +219,30 @@ def test_processor_has_no_text_tokenizer(tmp_path):
     processor.save_pretrained(tmp_path)
     assert "tokenizer" not in (tmp_path / "processor_config.json").read_text()
     assert not [path.name for path in tmp_path.iterdir() if "tokenizer" in path.name or "vocab" in path.name]
+
+
+# ------------------------------------------------------------------------------------ what Trainer gathers
+@pytest.mark.parametrize(
+    "config_class, output_class",
+    [(RgbdCnnConfig, RgbdCnnImageClassifierOutput), (RgbdClipConfig, RgbdClipImageClassifierOutput)],
+)
+def test_keys_to_ignore_at_inference_lists_every_classifier_output_but_logits(config_class, output_class):
+    fields = {field.name for field in dataclasses.fields(output_class)}
+    assert set(config_class.keys_to_ignore_at_inference) == fields - {"loss", "logits"}
+    assert isinstance(config_class.keys_to_ignore_at_inference, list)  # Trainer adds ["loss"] to it
+
+
+@pytest.mark.parametrize("make_model", [tiny_cnn, tiny_clip_classifier], ids=["cnn", "clip"])
+def test_prediction_step_gathers_the_logits_alone(tmp_path, scenes, make_model):
+    model = make_model().eval()
+    model.config.output_hidden_states = True  # every optional output present
+    inputs, labels = split_to_tensors(scenes["validation"], make_processor())
+    trainer = Trainer(model=model, args=tutorial_args(tmp_path, eval_strategy="no", save_strategy="no"))
+    loss, logits, label_ids = trainer.prediction_step(model, {**inputs, "labels": labels}, False)
+    outputs = model(**inputs)
+    assert len(outputs) > 2  # the model returns more than logits, and Trainer keeps the logits alone
+    torch.testing.assert_close(logits, outputs.logits)
+    assert torch.equal(label_ids, labels) and torch.isfinite(loss)
 
 
 # ------------------------------------------------------------------------------------ datasets columns

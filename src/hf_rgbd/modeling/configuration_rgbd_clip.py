@@ -57,6 +57,14 @@ class RgbdClipConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     """
 
     model_type = "rgbd_clip"
+    # What `Trainer` leaves out of the predictions it gathers: the classifier's outputs other than `logits`.
+    keys_to_ignore_at_inference = [
+        "rgb_logits",
+        "depth_logits",
+        "fused_embeds",
+        "rgb_model_output",
+        "depth_model_output",
+    ]
     sub_configs_defaults = {
         "rgb_config": SubConfigSpec(RgbdVitConfig, init_kwargs={"modality": "rgb"}),
         "depth_config": SubConfigSpec(RgbdVitConfig, init_kwargs={"modality": "depth"}),

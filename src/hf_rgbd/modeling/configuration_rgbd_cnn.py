@@ -88,6 +88,8 @@ class RgbdCnnConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     """
 
     model_type = "rgbd_cnn"
+    # What `Trainer` leaves out of the predictions it gathers: the classifier's outputs other than `logits`.
+    keys_to_ignore_at_inference = ["hidden_states", "depth_hidden_states", "modality_mask"]
     fusion_types: ClassVar[tuple[str, ...]] = FUSION_TYPES
     feature_fusions: ClassVar[tuple[str, ...]] = FEATURE_FUSIONS
 
