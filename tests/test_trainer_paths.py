@@ -144,6 +144,27 @@ def test_image_classification_tutorial_trains_evaluates_predicts_and_saves(tmp_p
     assert (tmp_path / "final" / "processor_config.json").is_file()
 
 
+def test_trainer_on_a_dataset_preprocessed_with_map(tmp_path, scenes):
+    # the other route: preprocess once with `map`, then Trainer's defaults (remove_unused_columns, collator)
+    processor = make_processor()
+
+    def preprocess(examples):
+        return dict(processor(images=examples["image"], depths=examples["depth"], intrinsics=examples["intrinsics"]))
+
+    processed = scenes.map(preprocess, batched=True, batch_size=3, remove_columns=["image", "depth", "intrinsics"])
+    trainer = Trainer(
+        model=tiny_cnn(),
+        args=tutorial_args(tmp_path, remove_unused_columns=True, save_strategy="no", load_best_model_at_end=False),
+        train_dataset=processed["train"],
+        eval_dataset=processed["validation"],
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+    )
+    assert trainer.train().global_step == 4
+    assert 0.0 <= trainer.evaluate()["eval_accuracy"] <= 1.0
+    assert trainer.predict(processed["test"]).predictions.shape == (4, NUM_LABELS)
+
+
 def test_clip_model_reports_eval_loss_without_labels(tmp_path, scenes):
     processor = make_processor()
     torch.manual_seed(0)
