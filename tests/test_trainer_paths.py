@@ -380,3 +380,16 @@ def test_nested_list_images_and_depths_read_as_arrays(height, width, count, inte
 def test_bad_nested_lists_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_processor()(**kwargs)
+
+
+def test_a_list_of_grey_nested_lists_is_a_batch_of_images():
+    # (H, W, 3) nested lists are one image, a list of (H, W) nested lists B grey images (never one (B, H, W) image)
+    processor = RgbdProcessor(RgbdImageProcessor(size=4))
+    grey = [[0, 64, 128, 255]] * 4
+    colour = [[[0, 64, 128]] * 4] * 4
+    assert processor(images=colour)["pixel_values"].shape == (1, 3, 4, 4)
+    assert processor(images=[colour, colour])["pixel_values"].shape == (2, 3, 4, 4)
+    try:  # grey RGB is the image processor's to accept (replicated to 3 channels) or reject
+        assert processor(images=[grey, grey])["pixel_values"].shape == (2, 3, 4, 4)
+    except ValueError as error:
+        assert "`images[0]`" in str(error) and "(4, 4)" in str(error)

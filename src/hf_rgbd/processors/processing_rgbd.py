@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -166,9 +166,9 @@ class RgbdProcessor(ProcessorMixin):
             raise TypeError(f"RgbdProcessor got unexpected keyword arguments {sorted(unknown)}.")
         if images is None and depths is None:
             raise ValueError("pass `images`, `depths` or both.")
-        images = _batch_structure(images, "images", item_nesting=(2, 3))
-        depths = _batch_structure(depths, "depths", item_nesting=(2,))
-        intrinsics = _batch_structure(intrinsics, "intrinsics", item_nesting=(2,))
+        images = _batch_structure(images, "images", is_item=_is_one_image)
+        depths = _batch_structure(depths, "depths", is_item=_is_one_matrix)
+        intrinsics = _batch_structure(intrinsics, "intrinsics", is_item=_is_one_matrix)
         if isinstance(intrinsics, list) and not intrinsics:
             raise ValueError("`intrinsics` is an empty list; pass one (3, 3) matrix or one per depth map.")
         data = {}
@@ -224,16 +224,27 @@ def _nested_array(value: list | tuple, name: str) -> np.ndarray:
     return array
 
 
-def _batch_structure(inputs: Any, name: str, item_nesting: tuple[int, ...]) -> Any:
+def _is_one_matrix(value: list | tuple) -> bool:
+    """Whether a nested list is one 2-D item: a depth map (H, W) or a (3, 3) camera matrix."""
+    return _nesting(value) == 2
+
+
+def _is_one_image(value: list | tuple) -> bool:
+    """Whether a nested list is one image: (H, W) grey, or (H, W, 3) (its first pixel holds three values; a list of
+    (H, W) grey images otherwise)."""
+    nesting = _nesting(value)
+    return nesting == 2 or (nesting == 3 and len(value[0][0]) == 3)
+
+
+def _batch_structure(inputs: Any, name: str, is_item: Callable[[list | tuple], bool]) -> Any:
     """`inputs` in the structure the sub-processors take (one item, or a list of items), from what `datasets`
-    returns: a column (`dataset["depth"]`, a `Sequence`) becomes a list, a nested list of numbers that is one item
-    (its nesting in `item_nesting`: depth (H, W) 2, RGB (H, W, 3) 3, a (3, 3) matrix 2) one numpy array, and each
-    nested-list item of a list a numpy array."""
+    returns: a column (`dataset["depth"]`, a `Sequence`) becomes a list, a nested list of numbers that `is_item`
+    calls one item one numpy array, and each nested-list item of a list a numpy array."""
     if isinstance(inputs, Sequence) and not isinstance(inputs, (list, tuple, str, bytes)):
         inputs = list(inputs)
     if not isinstance(inputs, (list, tuple)):
         return inputs
-    if _nesting(inputs) in item_nesting:
+    if _nesting(inputs) and is_item(inputs):
         return _nested_array(inputs, name)
     return [_nested_array(item, f"{name}[{index}]") if _nesting(item) else item for index, item in enumerate(inputs)]
 
