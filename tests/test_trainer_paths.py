@@ -220,6 +220,9 @@ def test_adversarial_trainer_default_path_trains_evaluates_and_predicts(tmp_path
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and len(perturbed) == 2  # clean evaluation
     prediction = trainer.predict(with_processor(scenes["test"], processor))
     assert prediction.predictions.shape == (4, NUM_LABELS)
+    trainer.adversarial_evaluation = True
+    adversarial_metrics = trainer.evaluate()
+    assert len(perturbed) == 4 and np.isfinite(adversarial_metrics["eval_loss"])  # both evaluation batches attacked
     assert AutoProcessor.from_pretrained(tmp_path / "checkpoint-2").depth_image_processor.to_dict() == (
         processor.depth_image_processor.to_dict()
     )
