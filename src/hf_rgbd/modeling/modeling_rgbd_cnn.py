@@ -56,10 +56,12 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_rgbd_cnn import RgbdCnnConfig
 from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
-    check_depth_mask,
+    check_batch_norm_batch,
+    check_classification_labels,
     check_image_tensor,
-    check_labels,
+    classification_loss,
     draw_modality_dropout,
+    effective_depth_mask,
 )
 
 logger = logging.get_logger(__name__)
@@ -684,6 +686,8 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
             raise ValueError("`depth_mask` was given without `depth_values`.")
         if pixel_values is not None:
             check_image_tensor(pixel_values, "pixel_values", config.num_channels, "config.num_channels")
+            self._check_batch_norm_batch(pixel_values, "pixel_values")
+            pixel_values = pixel_values.to(self.dtype)  # float64 / float16 / bfloat16 inputs run in the model dtype
         if depth_values is None:
             if config.modalities == "rgbd" and config.modality_dropout[1] == 0:
                 logger.warning_once(
@@ -692,6 +696,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                 )
             return pixel_values, None
         check_image_tensor(depth_values, "depth_values", config.depth_channels, "config.depth_channels")
+        self._check_batch_norm_batch(depth_values, "depth_values")
         if pixel_values is None and config.modalities == "rgbd" and config.modality_dropout[0] == 0:
             logger.warning_once(
                 "`pixel_values` is None but this model was not configured with RGB dropout "
@@ -708,10 +713,8 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                     f"`depth_values` is {tuple(depth_values.shape[-2:])} (H, W) but `pixel_values` is "
                     f"{tuple(pixel_values.shape[-2:])}: RGB and depth must be aligned (use RgbdProcessor)."
                 )
-        if depth_mask is None:
-            depth_mask = torch.isfinite(depth_values).all(dim=1, keepdim=True)
-        else:
-            depth_mask = check_depth_mask(depth_mask, depth_values)
+        depth_mask = effective_depth_mask(depth_values, depth_mask)  # NaN / inf depth is a hole
+        depth_values = depth_values.to(self.dtype)
         if config.normalize_depth:
             depth_input = self.depth_norm(depth_values, depth_mask)
         else:
@@ -721,6 +724,16 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         if config.use_depth_mask:
             depth_input = torch.cat([depth_input, depth_mask.to(depth_values.dtype)], dim=1)
         return pixel_values, depth_input
+
+    def _check_batch_norm_batch(self, values: torch.Tensor, name: str) -> None:
+        """A batch of one whose last feature map is 1x1 cannot be batch-normalised in training (shapes only)."""
+        height, width = values.shape[-2:]
+        halvings = 2 + sum(1 for index in range(len(self.config.hidden_sizes)) if index > 0)
+        if self.config.downsample_in_first_stage:
+            halvings += 1
+        for _ in range(halvings):  # stem convolution, max-pool, then every stride-2 stage: ceil(size / 2) each
+            height, width = (height + 1) // 2, (width + 1) // 2
+        check_batch_norm_batch(values.shape[0], (height, width), self.training, name)
 
     def _present_modalities(
         self, pixel_values: torch.Tensor | None, depth_input: torch.Tensor | None
@@ -783,12 +796,9 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
-            check_labels(labels, logits.shape[0])
-            loss = self.loss_function(
-                labels=labels,
-                pooled_logits=logits,
-                config=self.config,
-                num_items_in_batch=kwargs.get("num_items_in_batch"),
+            labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
+            loss = classification_loss(
+                self.loss_function, labels, logits, self.config, num_items_in_batch=kwargs.get("num_items_in_batch")
             )
         return RgbdCnnImageClassifierOutput(
             loss=loss,
