@@ -49,14 +49,16 @@ def draw_modality_dropout(
 # ------------------------------------------------------------------------------------- input checks (one each)
 # These read shapes and dtypes only, never tensor values, so they cost no host sync inside a training step.
 def check_image_tensor(values: Any, name: str, channels: int | None = None, channels_field: str = "") -> None:
-    """ValueError naming `name` unless `values` is a floating-point (B, C, H, W) tensor, with `C == channels` when
-    given (`channels_field` names the config field it comes from, e.g. `"config.num_channels"`)."""
+    """ValueError naming `name` unless `values` is a floating-point (B, C, H, W) tensor with B >= 1 (an empty batch
+    is an error in every family), with `C == channels` when given (`channels_field` names the config field it comes from, e.g. `"config.num_channels"`)."""
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
         raise ValueError(
             f"`{name}` must be a floating-point torch.Tensor, got {getattr(values, 'dtype', type(values).__name__)}."
         )
     if values.ndim != 4:
         raise ValueError(f"`{name}` must be (batch, channels, height, width), got shape {tuple(values.shape)}.")
+    if 0 in values.shape:
+        raise ValueError(f"`{name}` is empty (shape {tuple(values.shape)}): pass at least one sample of size >= 1.")
     if channels is not None and values.shape[1] != channels:
         raise ValueError(
             f"`{name}` has {values.shape[1]} channels but the model expects {channels} ({channels_field}); shape "
