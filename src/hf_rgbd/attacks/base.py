@@ -109,6 +109,13 @@ class RgbdAttack:
     [0, 1] and depth only non-negative (no valid range is known without the processor), and `depth_token_ids`
     cannot be recomputed (a ValueError if the batch has them and depth is attacked).
 
+    Inputs: NaN / inf `pixel_values` are a ValueError (checked once per `perturb` call, not per step); NaN / inf
+    depth is a hole whatever `depth_mask` says (as in the models) and comes back exactly as given. A sample
+    labelled -100 is ignored: it comes back exactly as given (perturbation norms 0), gets no gradient, its
+    `success` is False and `AttackResult.ignored` marks it; `evaluate_robustness` leaves it out of every rate.
+    Labels are checked against the model's number of classes at the first forward, which also names an output
+    field the objective needs and the model does not return.
+
     Guarantees: works under `torch.no_grad()` and `torch.inference_mode()`; runs the model in eval mode and restores
     every module's train/eval flag afterwards; takes gradients with respect to the inputs only
     (`torch.autograd.grad`, no weight `.grad`, parameters' `requires_grad` untouched); draws random numbers from its
@@ -121,8 +128,9 @@ class RgbdAttack:
         model (`torch.nn.Module`): a model called as `model(**inputs)` (e.g. [`RgbdCnnForImageClassification`],
             [`RgbdClipForImageClassification`], [`RgbdClipModel`] with a [`RetrievalObjective`]).
         budget (`dict[str, float]`, defaults to `{"pixel_values": 8/255, "depth_values": 0.05}`): per input, the
-            perturbation budget in physical units (L-inf, or L2 for [`PGDL2`]). Inputs not named stay unchanged.
-        alpha (`dict[str, float]`, *optional*): step size per input (default: budget / 4).
+            perturbation budget in physical units (L-inf, or L2 for [`PGDL2`]), a finite number >= 0. Inputs not
+            named stay unchanged. An L-inf RGB budget above 1 is a ValueError (`8` meant `8 / 255`).
+        alpha (`dict[str, float]`, *optional*): step size per input (default: budget / 4; same checks).
         steps (`int`, defaults to 10): iterations, at least the class's `min_steps` (checked in `_check_steps`).
         random_start (`bool`, defaults to True): start from a uniformly random point of the budget ball.
         n_restarts (`int`, defaults to 1): independent runs; a sample keeps any success found.
@@ -132,7 +140,7 @@ class RgbdAttack:
             only; the objective receives it with every call.
         processor ([`RgbdProcessor`], *optional*): the processor that made the batch (its normalisation and depth
             representation); None when the inputs are in physical units.
-        seed (`int`, defaults to 0): seed of the attack's own random generator.
+        seed (`int`, defaults to 0): seed of the attack's own random generator, in [0, 2**64).
     """
 
     default_budget: dict[str, float] = DEFAULT_BUDGET

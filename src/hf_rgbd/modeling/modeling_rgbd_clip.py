@@ -578,7 +578,8 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
             pixel_values: (B, 3, H, W); required with `modalities="rgb"`, optional with `"rgbd"`.
             depth_values: (B, C_d, H, W); required with `modalities="depth"`, optional with `"rgbd"`.
             depth_mask: (B, 1, H, W) bool, False at depth holes.
-            labels: (B,) class indices (or per `config.problem_type`); gives `loss`.
+            labels: (B,) class indices in [0, num_labels) or -100 (ignored; all ignored gives loss 0), or per
+                `config.problem_type`; gives `loss`. Checked as in the CNN family (`check_classification_labels`).
             interpolate_pos_encoding: accept sizes other than the configured image sizes.
             kwargs: `output_hidden_states`, `output_attentions` (eager attention only), `return_dict`; the output
                 flags default to this model's config, then to the towers' configs.

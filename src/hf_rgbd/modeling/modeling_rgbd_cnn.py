@@ -25,7 +25,8 @@ for `pixel_values=None` / `depth_values=None` at inference):
 - multi-stage fusion: the missing modality contributes nothing to the attention-weighted sums (depth at every
   fusion, RGB at the stem fusion, after which the RGB stream carries the fused features).
 
-Depth input (`_prepare_inputs`): holes (`depth_mask` False; default: non-finite values) never reach the network
+Inputs of any floating dtype run in the model's dtype. Depth input (`_prepare_inputs`): holes (`depth_mask` False,
+and every NaN / inf value whatever the mask says) never reach the network
 with their stored values. Each depth channel is standardised over its valid pixels (`normalize_depth`, holes -> 0),
 holes are then filled from nearby valid depth (`fill_depth_holes`), and with `use_depth_mask` the mask is one more
 input channel, so the network still knows which values were measured.
@@ -645,7 +646,8 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                 depth in the processor's representation (1 channel, or 3 for HHA). Required with
                 `modalities="depth"`; ignored with `"rgb"`; may be None with `"rgbd"` (missing depth).
             depth_mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*):
-                True where depth is valid. Default: valid wherever every channel of `depth_values` is finite.
+                True where depth is valid. Default: valid wherever every channel of `depth_values` is finite; NaN / inf
+                depth is a hole even where the mask says valid.
             kwargs: `output_hidden_states` (return the per-stage feature maps) and `return_dict` (False: a tuple),
                 as in transformers models; anything else is ignored (e.g. other processor outputs such as
                 `depth_token_ids`).
@@ -781,8 +783,10 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
         Args:
             pixel_values, depth_values, depth_mask: as in [`RgbdCnnModel.forward`].
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                class indices in `[0, num_labels)` (-100 = ignored) for the cross-entropy loss
-                (`self.loss_function`; float targets of shape `(batch_size, num_labels)` give the multi-label loss).
+                class indices in `[0, num_labels)` (-100 = ignored; all ignored gives loss 0) for the cross-entropy
+                loss (`self.loss_function`; float targets of shape `(batch_size, num_labels)` give the multi-label
+                loss). Other values are a ValueError in eval mode and a `torch._assert_async` failure naming
+                `labels` in training (no host sync; see `check_classification_labels`).
             kwargs: `output_hidden_states` and `return_dict` as in [`RgbdCnnModel.forward`]; `num_items_in_batch`
                 (passed by `Trainer` under gradient accumulation: the loss is then the sum over this batch divided
                 by it); anything else is ignored.
