@@ -138,7 +138,7 @@ def model_calls(draw):
     return name, inputs, {"batch_size": batch_size, "mask": mask_kind, "labels": label_kind, "training": training}
 
 
-@settings(max_examples=150)
+@settings(max_examples=3 * settings().max_examples)  # cheap examples: three times the profile's count
 @given(model_calls())
 def test_model_inputs_give_a_result_or_a_named_error(call):
     name, inputs, case = call
@@ -373,7 +373,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(0), b.nan_to_num(0)))
 
 
-@settings(max_examples=150)
+@settings(max_examples=3 * settings().max_examples)  # cheap examples: three times the profile's count
 @given(attack_calls())
 def test_attack_arguments_give_a_result_or_a_named_error(call):
     name, kwargs, expected_error, batch, labels, call_error = call

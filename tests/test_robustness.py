@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.attacks import BIM, PGD
+from hf_rgbd import (
+    RgbdClipConfig,
+    RgbdClipModel,
+    RgbdCnnConfig,
+    RgbdCnnForImageClassification,
+    RgbdDepthProcessor,
+    RgbdImageProcessor,
+    RgbdProcessor,
+)
+from hf_rgbd.attacks import BIM, PGD, RetrievalObjective
 from hf_rgbd.data import make_synthetic_rgbd
 from hf_rgbd.evaluation import evaluate_robustness
 
@@ -77,6 +85,10 @@ def test_evaluate_robustness_bad_input(setup):
         evaluate_robustness(model, processor, split, {"t": PGD(model, targeted=True, processor=processor)})
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_robustness(model, processor, split, {"p": PGD(model, processor=processor)}, batch_size=0)
+    clip = RgbdClipModel(RgbdClipConfig.tiny(rgb_config={"image_size": 16}, depth_config={"image_size": 16}))
+    attack = PGD(clip, budget={"pixel_values": 2 / 255}, loss=RetrievalObjective(), processor=processor)
+    with pytest.raises(ValueError, match="`model` must be a classifier"):
+        evaluate_robustness(clip, processor, split, {"retrieval": attack})
 
 
 def test_ignored_labels_are_left_out_of_every_rate(setup):

@@ -101,7 +101,11 @@ def evaluate_robustness(
         clean_predictions = []
         with torch.no_grad():
             for batch, _ in batches:
-                logits = model(**model_inputs(model, batch.to(device))).logits
+                logits = model(**model_inputs(model, batch.to(device))).get("logits")
+                if logits is None:
+                    raise ValueError(
+                        f"`model` must be a classifier returning `logits`; {type(model).__name__} does not."
+                    )
                 clean_predictions.append(logits.argmax(dim=1).cpu())
         clean_predictions = torch.cat(clean_predictions)
         all_labels = torch.cat([labels for _, labels in batches])

@@ -146,7 +146,7 @@ def check_classification_labels(labels: Any, logits: torch.Tensor, config: Any, 
         message = f"`labels` must be class indices in [0, {num_labels}) or -100 (ignored)."
         if check_values:
             if not bool(valid.all()):
-                raise ValueError(f"{message} Got {labels.tolist()}.")
+                raise ValueError(f"{message} Got {labels[~valid].unique()[:8].tolist()}.")
         else:
             torch._assert_async(valid.all(), message)
         return labels

@@ -163,9 +163,11 @@ def check_label_range(labels: torch.Tensor, num_classes: int | None, name: str =
     """ValueError naming `name` unless every label is -100 (ignored) or a class index in [0, `num_classes`) (any
     index >= 0 when `num_classes` is None)."""
     valid = labels >= 0 if num_classes is None else (labels >= 0) & (labels < num_classes)
-    if not bool((valid | (labels == -100)).all()):
+    valid = valid | (labels == -100)
+    if not bool(valid.all()):
         upper = "" if num_classes is None else f", < {num_classes}"
-        raise ValueError(f"`{name}` must be class indices (>= 0{upper}) or -100 (ignored), got {labels.tolist()}.")
+        wrong = labels[~valid].unique()[:8].tolist()
+        raise ValueError(f"`{name}` must be class indices (>= 0{upper}) or -100 (ignored), got {wrong}.")
 
 
 __all__ += ["check_finite_values", "check_label_range", "check_real", "check_seed", "is_real_number"]
