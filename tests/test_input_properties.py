@@ -298,8 +298,9 @@ def _expected_setting_error(name: str, argument: str, value, budget: dict) -> bo
     """Whether `name` must refuse `argument=value` (the faults above that the attack takes)."""
     if value == 8.0 or value == 2.0:  # grey levels instead of intensity: an L-inf RGB mistake only
         return name != "PGDL2" and "pixel_values" in budget
-    if argument == "steps" and value == 0:  # BIM's steps=0 is Kurakin's rule, with an RGB budget
-        return name != "BIM" or "pixel_values" not in budget
+    if argument == "steps" and value == 0:  # BIM's steps=0 is Kurakin's rule (with an RGB budget); MIFGSM's
+        # min_steps is 0 (pinned by test_step_counts_are_checked_once)
+        return name not in ("BIM", "MIFGSM") or (name == "BIM" and "pixel_values" not in budget)
     return True
 
 
@@ -328,10 +329,10 @@ def attack_calls(draw):
                 target = draw(st.sampled_from(modalities))
                 kwargs[argument] = {**budget, target: value} if argument == "budget" else {target: value}
                 if value in (8.0, 2.0) and target != "pixel_values":
-                    kwargs[argument][target] = 0.01  # grey levels are an RGB mistake only
+                    kwargs[argument][target] = value = 0.01  # grey levels are an RGB mistake only: a valid call
             else:
                 kwargs[argument] = value
-            if _expected_setting_error(name, argument, value, kwargs["budget"]):
+            if value != 0.01 and _expected_setting_error(name, argument, value, kwargs["budget"]):
                 expected_error = argument
     labels = torch.as_tensor(draw(st.lists(st.sampled_from([0, 1, 2, 3, -100]), min_size=3, max_size=3)))
     data_case = draw(st.sampled_from(DATA_CASES))
