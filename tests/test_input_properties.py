@@ -134,8 +134,13 @@ def model_calls(draw):
             labels = labels.float()
         if label_kind != "none":
             inputs["labels"] = labels
+    missing = draw(st.sampled_from(["none"] * 4 + ["pixel_values", "depth_values"]))  # a modality not given
+    if missing == "depth_values":
+        inputs.pop("depth_mask", None)
+    inputs.pop(missing, None)
     training = draw(st.booleans())
-    return name, inputs, {"batch_size": batch_size, "mask": mask_kind, "labels": label_kind, "training": training}
+    case = {"batch_size": batch_size, "mask": mask_kind, "labels": label_kind, "training": training}
+    return name, inputs, {**case, "missing": missing}
 
 
 @settings(max_examples=3 * settings().max_examples)  # cheap examples: three times the profile's count
@@ -145,7 +150,11 @@ def test_model_inputs_give_a_result_or_a_named_error(call):
     model, _ = MODELS[name]
     model.train(case["training"])
     bad_labels = case["labels"] == "float" or (case["batch_size"] > 0 and case["labels"] in ("too-large", "negative"))
-    must_fail = case["batch_size"] == 0 or case["mask"] == "wrong-size" or bad_labels
+    # the base dual encoder needs both inputs, the depth tower its depth; the others predict from either modality
+    required = {"clip-model": ("pixel_values", "depth_values"), "vit-depth-tower": ("depth_values",)}
+    missing_required = case["missing"] in required.get(name, ())
+    wrong_mask = case["mask"] == "wrong-size" and case["missing"] != "depth_values"
+    must_fail = case["batch_size"] == 0 or wrong_mask or bad_labels or missing_required
     try:
         outputs = model(**inputs)
     except RuntimeError as error:
