@@ -125,6 +125,9 @@ class PerturbationSpace:
         self.modalities: dict[str, ModalitySpace] = {}
         for name, eps in budget.items():
             values = check_image_tensor(batch[name], name).detach()
+            # half-precision inputs are attacked in float32 (a bf16 step of 2/255 would round away near 1.0); the
+            # output batch is cast back to the input dtype
+            values = values.to(torch.promote_types(values.dtype, torch.float32))
             if name == "pixel_values":
                 self.modalities[name] = _rgb_space(values, eps, alpha[name], processor)
             else:
