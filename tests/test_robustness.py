@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from hf_rgbd import (
-    RgbdClipConfig,
-    RgbdClipModel,
-    RgbdCnnConfig,
-    RgbdCnnForImageClassification,
-    RgbdDepthProcessor,
-    RgbdImageProcessor,
-    RgbdProcessor,
-)
+from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
 from hf_rgbd.attacks import BIM, PGD, RetrievalObjective
 from hf_rgbd.data import make_synthetic_rgbd
 from hf_rgbd.evaluation import evaluate_robustness
+from hf_rgbd.modeling import RgbdClipConfig, RgbdClipModel
 
 torch.set_num_threads(1)
 
