@@ -503,3 +503,69 @@ def test_moved_names_stay_importable_from_the_package():
     script = "import sys, hf_rgbd; assert 'transformers.trainer' not in sys.modules; print('LAZY-OK')"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "LAZY-OK" in result.stdout, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ issue 13
+@pytest.mark.parametrize(("attack_class", "kwargs"), ATTACKS, ids=ATTACK_IDS)
+def test_ignored_samples_stay_unperturbed_and_never_succeed(attack_class, kwargs, processor, model):
+    batch, labels = make_batch(processor)
+    labels[1] = -100
+    result = attack_class(model, processor=processor, **kwargs).perturb(batch, labels)
+    assert result.ignored.tolist() == [False, True, False, False]
+    assert not result.success[1]
+    for key in ("pixel_values", "depth_values"):
+        assert torch.equal(result.inputs[key][1], batch[key][1])
+        assert torch.equal(result.final_inputs[key][1], batch[key][1])
+        assert result.linf[key][1] == 0 and result.l2[key][1] == 0
+    # the other samples are attacked as if the ignored one were not there (per-sample objective)
+    others = attack_class(model, processor=processor, **kwargs).perturb(batch, labels.clamp_min(0))
+    for key in ("pixel_values", "depth_values"):
+        if attack_class not in (RFGSM, PGD, PGDL2, APGD):  # no random start: the same draws for every sample
+            assert torch.equal(result.inputs[key][[0, 2, 3]], others.inputs[key][[0, 2, 3]])
+
+
+def test_non_finite_inputs_at_the_attack_entry(processor, model):
+    batch, labels = make_batch(processor)
+    for value in (float("nan"), float("inf")):
+        corrupt = {**batch, "pixel_values": batch["pixel_values"].clone()}
+        corrupt["pixel_values"][2, 1, 4, 4] = value
+        for attack in (PGD(model, steps=1, processor=processor), PGDL2(model, steps=1, processor=processor)):
+            with pytest.raises(ValueError, match="pixel_values"):
+                attack(corrupt, labels)
+    # NaN depth at holes and inf depth where the mask says valid: holes, returned exactly as given
+    depth = torch.where(batch["depth_mask"], batch["depth_values"], float("nan"))
+    depth[0, 0, 1, 1] = float("inf")
+    mask = batch["depth_mask"].clone()
+    mask[0, 0, 1, 1] = True
+    corrupt = {**batch, "depth_values": depth, "depth_mask": mask}
+    for attack_class in (PGD, PGDL2, APGD):
+        result = attack_class(model, steps=2, processor=processor).perturb(corrupt, labels)
+        holes = ~(mask & torch.isfinite(depth))
+        out = result.inputs["depth_values"]
+        assert torch.isnan(out[holes & torch.isnan(depth)]).all() and out[0, 0, 1, 1] == float("inf")
+        assert torch.isfinite(out[~holes]).all()
+        assert all(torch.isfinite(norm).all() for norm in (*result.linf.values(), *result.l2.values()))
+
+
+def test_missing_output_field_and_grey_level_budgets_are_named_errors(processor):
+    config = RgbdClipConfig.tiny(rgb_config={"image_size": SIZE}, depth_config={"image_size": SIZE})
+    clip = RgbdClipModel(config).eval()
+    batch, labels = make_batch(processor)
+    with pytest.raises(ValueError, match=r"`logits`.*RgbdClipModel"):
+        PGD(clip, budget={"pixel_values": 2 / 255}, steps=1, processor=processor)(batch, labels)
+    model = make_model()
+    for attack_class in (FGSM, RFGSM, BIM, PGD, MIFGSM, APGD):
+        with pytest.raises(ValueError, match=r"budget\['pixel_values'\].*8 / 255"):
+            attack_class(model, budget={"pixel_values": 8})
+    PGDL2(model, budget={"pixel_values": 8.0})  # an L2 budget above 1 is meaningful
+    with pytest.raises(ValueError, match="alpha"):
+        PGD(model, alpha={"pixel_values": 2})
+    for bad in (float("nan"), float("inf"), -1.0, "1"):
+        with pytest.raises(ValueError, match="decay"):
+            MIFGSM(model, decay=bad)
+    for bad in (-1, 2**64, 1.5, "0", True):
+        with pytest.raises(ValueError, match="seed"):
+            PGD(model, seed=bad)
+    PGD(model, budget={"pixel_values": np.float32(4 / 255)}, seed=2**64 - 1)
+    with pytest.raises(ValueError, match="labels"):
+        PGD(model, steps=1, processor=processor)(batch, torch.tensor([0, 1, 2, NUM_LABELS]))

@@ -418,3 +418,20 @@ def test_config_round_trip_and_preset(tmp_path):
     loaded = RgbdCnnConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert loaded.modality_dropout == [0.2, 0.2] and loaded.hidden_sizes == [24, 48, 96]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS, ids=FUSION_IDS)
+def test_training_step_reads_no_tensor_value_on_the_host(monkeypatch, fusion):
+    # a Python-level read of a tensor value (bool / item / tolist) would be a device sync in every training step;
+    # the label check in training is torch._assert_async, the depth holes torch.where
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    torch.manual_seed(0)
+    config = tiny_config(**fusion, modality_dropout=(0.2, 0.3), num_labels=4)
+    model = RgbdCnnForImageClassification(config).train()
+    inputs, labels = make_inputs(config, 4), torch.tensor([0, 1, -100, 3])
+    inputs["depth_values"][0, 0, 0, 0] = float("nan")
+    for name in ("__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    model(**inputs, labels=labels).loss.backward()

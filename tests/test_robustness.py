@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import numpy as np
 import pytest
 import torch
 
 from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
-from hf_rgbd.attacks import BIM, PGD
+from hf_rgbd.attacks import BIM, PGD, RetrievalObjective
 from hf_rgbd.data import make_synthetic_rgbd
 from hf_rgbd.evaluation import evaluate_robustness
+from hf_rgbd.modeling import RgbdClipConfig, RgbdClipModel
 
 torch.set_num_threads(1)
 
@@ -75,3 +78,38 @@ def test_evaluate_robustness_bad_input(setup):
         evaluate_robustness(model, processor, split, {"t": PGD(model, targeted=True, processor=processor)})
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_robustness(model, processor, split, {"p": PGD(model, processor=processor)}, batch_size=0)
+    clip = RgbdClipModel(RgbdClipConfig.tiny(rgb_config={"image_size": 16}, depth_config={"image_size": 16}))
+    attack = PGD(clip, budget={"pixel_values": 2 / 255}, loss=RetrievalObjective(), processor=processor)
+    with pytest.raises(ValueError, match="`model` must be a classifier"):
+        evaluate_robustness(clip, processor, split, {"retrieval": attack})
+
+
+def test_ignored_labels_are_left_out_of_every_rate(setup):
+    split, processor, model = setup
+    labels = list(split["label"])
+    ignored = [0, 3, 4]
+    partly_ignored = split.map(lambda row, index: {"label": -100 if index in ignored else row["label"]},
+                               with_indices=True)  # fmt: skip
+    attacks = {"bim": BIM(model, budget={"pixel_values": 8 / 255}, steps=2, processor=processor)}
+    full = evaluate_robustness(model, processor, split, attacks, batch_size=4)
+    report = evaluate_robustness(model, processor, partly_ignored, attacks, batch_size=4)
+    assert report["num_samples"] == 10 and report["num_ignored"] == 3 and full["num_ignored"] == 0
+
+    # the counted samples' figures, recomputed from the per-sample outcome of the full run
+    rows = split.with_format("numpy")[:]
+    batch = processor(
+        images=list(rows["image"]), depths=list(rows["depth"]), intrinsics=np.asarray(rows["intrinsics"])
+    )
+    with torch.no_grad():
+        clean = model.eval()(**batch).logits.argmax(dim=1)
+    kept = torch.tensor([index not in ignored for index in range(10)])
+    clean_correct = (clean == torch.tensor(labels)) & kept
+    assert report["clean_accuracy"] == pytest.approx(clean_correct.sum().item() / 7)
+    assert 0 <= report["attacks"]["bim"]["robust_accuracy"] <= report["clean_accuracy"] + 1e-9
+    assert report["attacks"]["bim"]["perturbation"]["pixel_values"]["mean_linf"] > 0
+
+    everything_ignored = split.map(lambda row: {"label": -100})
+    report = evaluate_robustness(model, processor, everything_ignored, attacks, batch_size=4)
+    assert report["num_ignored"] == 10 and math.isnan(report["clean_accuracy"])
+    assert math.isnan(report["attacks"]["bim"]["robust_accuracy"])
+    assert math.isnan(report["attacks"]["bim"]["success_rate"])

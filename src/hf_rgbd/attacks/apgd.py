@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from typing_extensions import Unpack
 
-from ..processors.validation_rgbd import is_number
+from ..processors.validation_rgbd import check_real
 from .base import AttackRun, AttackSettings, RgbdAttack
 from .perturbation_space import Iterate
 
@@ -56,7 +56,7 @@ class APGD(RgbdAttack):
         **settings: Unpack[AttackSettings],
     ) -> None:
         super().__init__(model, budget, steps=steps, random_start=True, n_restarts=n_restarts, **settings)
-        if not is_number(rho) or not 0 < rho <= 1:
+        if check_real(rho, "rho", maximum=1.0) == 0:
             raise ValueError(f"`rho` must be in (0, 1], got {rho!r}.")
         self.rho = float(rho)
 

@@ -10,7 +10,6 @@ update rule (`_attack_once`) with `run.evaluate` and the helpers of `run.space`.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -18,7 +17,7 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 
 from ..processors.depth_processing_rgbd import depth_token_ids
-from ..processors.validation_rgbd import check_flag, check_int, is_number
+from ..processors.validation_rgbd import check_finite_values, check_flag, check_int, check_real, check_seed
 from .objectives import AttackObjective, LossFunction, make_objective
 from .perturbation_space import Iterate, PerturbationSpace, check_processor
 from .tracking import AttackResult, IterateTracker, perturbation_norms
@@ -78,10 +77,19 @@ def _check_budget_dict(values: Any, name: str, allowed: tuple[str, ...]) -> dict
     for key, value in values.items():
         if key not in allowed:
             raise ValueError(f"`{name}` names {key!r}; an attack perturbs only {allowed}.")
-        if not is_number(value) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"`{name}[{key!r}]` must be a finite number >= 0, got {value!r}.")
-        checked[key] = float(value)
+        checked[key] = check_real(value, f"{name}[{key!r}]")
     return checked
+
+
+def _check_linf_rgb(values: Mapping[str, float], name: str) -> None:
+    """ValueError naming `name` when an L-inf RGB budget or step exceeds 1: RGB is in [0, 1] intensity units, so
+    `8` almost certainly meant `8 / 255`."""
+    value = values.get("pixel_values", 0.0)
+    if value > 1:
+        raise ValueError(
+            f"`{name}['pixel_values']` is {value!r}, but L-inf RGB budgets are in [0, 1] intensity units: write "
+            f"{value:g} / 255 = {value / 255:.4g} for {value:g} grey levels."
+        )
 
 
 class RgbdAttack:
@@ -101,6 +109,13 @@ class RgbdAttack:
     [0, 1] and depth only non-negative (no valid range is known without the processor), and `depth_token_ids`
     cannot be recomputed (a ValueError if the batch has them and depth is attacked).
 
+    Inputs: NaN / inf `pixel_values` are a ValueError (checked once per `perturb` call, not per step); NaN / inf
+    depth is a hole whatever `depth_mask` says (as in the models) and comes back exactly as given. A sample
+    labelled -100 is ignored: it comes back exactly as given (perturbation norms 0), gets no gradient, its
+    `success` is False and `AttackResult.ignored` marks it; `evaluate_robustness` leaves it out of every rate.
+    Labels are checked against the model's number of classes at the first forward, which also names an output
+    field the objective needs and the model does not return.
+
     Guarantees: works under `torch.no_grad()` and `torch.inference_mode()`; runs the model in eval mode and restores
     every module's train/eval flag afterwards; takes gradients with respect to the inputs only
     (`torch.autograd.grad`, no weight `.grad`, parameters' `requires_grad` untouched); draws random numbers from its
@@ -113,8 +128,9 @@ class RgbdAttack:
         model (`torch.nn.Module`): a model called as `model(**inputs)` (e.g. [`RgbdCnnForImageClassification`],
             [`RgbdClipForImageClassification`], [`RgbdClipModel`] with a [`RetrievalObjective`]).
         budget (`dict[str, float]`, defaults to `{"pixel_values": 8/255, "depth_values": 0.05}`): per input, the
-            perturbation budget in physical units (L-inf, or L2 for [`PGDL2`]). Inputs not named stay unchanged.
-        alpha (`dict[str, float]`, *optional*): step size per input (default: budget / 4).
+            perturbation budget in physical units (L-inf, or L2 for [`PGDL2`]), a finite number >= 0. Inputs not
+            named stay unchanged. An L-inf RGB budget above 1 is a ValueError (`8` meant `8 / 255`).
+        alpha (`dict[str, float]`, *optional*): step size per input (default: budget / 4; same checks).
         steps (`int`, defaults to 10): iterations, at least the class's `min_steps` (checked in `_check_steps`).
         random_start (`bool`, defaults to True): start from a uniformly random point of the budget ball.
         n_restarts (`int`, defaults to 1): independent runs; a sample keeps any success found.
@@ -124,13 +140,14 @@ class RgbdAttack:
             only; the objective receives it with every call.
         processor ([`RgbdProcessor`], *optional*): the processor that made the batch (its normalisation and depth
             representation); None when the inputs are in physical units.
-        seed (`int`, defaults to 0): seed of the attack's own random generator.
+        seed (`int`, defaults to 0): seed of the attack's own random generator, in [0, 2**64).
     """
 
     default_budget: dict[str, float] = DEFAULT_BUDGET
     alpha_fraction: float = 0.25  # default step: this fraction of the budget
     keep_best_loss: bool = False  # fallback for unsuccessful samples: best-loss iterate (True) or final iterate
     min_steps: int = 0  # fewest iterations the update rule accepts
+    norm: str = "linf"  # the budget's norm: "linf" (RGB budgets in [0, 1]) or "l2"
 
     def __init__(
         self,
@@ -157,6 +174,9 @@ class RgbdAttack:
             raise ValueError(
                 f"`alpha` names {sorted(extra)}, which `budget` does not; give steps for budgeted inputs."
             )
+        if self.norm == "linf":
+            _check_linf_rgb(self.budget, "budget")
+            _check_linf_rgb(alpha, "alpha")
         self.alpha = {name: alpha.get(name, eps * self.alpha_fraction) for name, eps in self.budget.items()}
         self.steps = self._check_steps(steps)
         self.random_start = check_flag(random_start, "random_start")
@@ -168,7 +188,7 @@ class RgbdAttack:
         self.loss = loss
         check_processor(processor, self.budget)
         self.processor = processor
-        self.seed = check_int(seed, "seed", 0)
+        self.seed = check_seed(seed)
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -180,7 +200,7 @@ class RgbdAttack:
     def manual_seed(self, seed: int | None = None) -> RgbdAttack:
         """Restart the attack's random generator (from `seed`, default the constructor's)."""
         if seed is not None:
-            self.seed = check_int(seed, "seed", 0)
+            self.seed = check_seed(seed)
         self._generator = None
         return self
 
@@ -227,7 +247,8 @@ class RgbdAttack:
                 final = None
                 for _ in range(self.n_restarts):
                     final = self._attack_once(run)
-                chosen = run.tracker.select(final)
+                chosen = run.unperturb_ignored(run.tracker.select(final))
+                final = run.unperturb_ignored(final)
                 linf, l2 = perturbation_norms(chosen, run.space.clean())
                 return AttackResult(
                     inputs=run.build(chosen),
@@ -235,6 +256,7 @@ class RgbdAttack:
                     success=run.tracker.success.clone(),
                     linf=linf,
                     l2=l2,
+                    ignored=run.ignored.clone(),
                 )
         finally:
             for module, training in modes:
@@ -260,9 +282,17 @@ class AttackRun:
         self.inputs = inputs
         self.device = model_device(attack.model)
         batch = {key: self._to_device(value) for key, value in inputs.items()}
+        if isinstance(batch.get("pixel_values"), torch.Tensor):
+            check_finite_values(batch["pixel_values"], "pixel_values")  # once per perturb call
         self.batch = batch
         self.space = PerturbationSpace(batch, attack.budget, attack.alpha, attack.processor)
-        self.labels = attack.objective.prepare_labels(labels, self.space.batch_size, self.device)
+        labels = attack.objective.prepare_labels(labels, self.space.batch_size, self.device)
+        # Samples labelled -100 are ignored: they stay exactly as given and never count as successes. The loss
+        # sees a stand-in class 0 for them and their objective is zeroed, so they get no gradient either.
+        self.ignored = labels == -100
+        self.labels = torch.where(self.ignored, torch.zeros_like(labels), labels)
+        self._given_labels = labels
+        self._outputs_checked = False
         coupled = attack.objective.couples_samples(set(self.space.modalities))
         self.tracker = IterateTracker(self.space.clean(), coupled, keep_best=attack.keep_best_loss)
 
@@ -318,8 +348,13 @@ class AttackRun:
         objective = self.attack.objective
         leaves = {name: value.detach().requires_grad_(True) for name, value in x.items()}
         outputs = self.attack.model(**self._model_batch(leaves), **self.model_kwargs)
+        if not self._outputs_checked:  # once per perturb call: the output fields and the labels' class range
+            objective.check_outputs(outputs, self._given_labels, self.attack.model)
+            self._outputs_checked = True
         loss = objective.loss(outputs, self.labels, targeted)
-        value = -loss if targeted else loss
+        value = torch.where(
+            self.ignored, torch.zeros((), dtype=loss.dtype, device=loss.device), -loss if targeted else loss
+        )
         grads = torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
         grads = {
             name: torch.zeros_like(leaf) if grad is None else grad
@@ -327,8 +362,14 @@ class AttackRun:
         }
         value = value.detach()
         with torch.no_grad():
-            self.tracker.record(x, value, objective.success(outputs, self.labels, targeted))
+            self.tracker.record(x, value, objective.success(outputs, self.labels, targeted) & ~self.ignored)
         return value, grads
+
+    def unperturb_ignored(self, x: Iterate) -> Iterate:
+        """`x` with the ignored samples (label -100) back at their clean values."""
+        keep = self.ignored.view(-1, 1, 1, 1)
+        clean = self.space.clean()
+        return {name: torch.where(keep, clean[name], value) for name, value in x.items()}
 
     def build(self, x: Iterate) -> Any:
         """The output batch: the original entries, with the perturbed inputs (model space) and fresh depth tokens."""
@@ -337,7 +378,9 @@ class AttackRun:
             perturbed = self.space.to_model(x)
             for key, value in self.batch.items():
                 if key in perturbed:
-                    data[key] = perturbed[key].detach()
+                    # exactly the given values where nothing may change: ignored samples and depth holes
+                    unchanged = self.space.modalities[key].unchanged(self.ignored)
+                    data[key] = torch.where(unchanged, value, perturbed[key].detach().to(value.dtype))
                 elif key == "depth_token_ids" and self.tokens is not None:
                     data[key] = self._tokens(x["depth_values"])
                 else:

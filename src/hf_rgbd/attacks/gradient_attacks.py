@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from typing_extensions import Unpack
 
-from ..processors.validation_rgbd import is_number
+from ..processors.validation_rgbd import check_real
 from .base import AttackRun, AttackSettings, RgbdAttack
 from .perturbation_space import Iterate
 
@@ -133,6 +133,7 @@ class PGDL2(PGD):
     """
 
     default_budget = {"pixel_values": 1.0, "depth_values": 1.0}
+    norm = "l2"
 
     def _attack_once(self, run: AttackRun) -> Iterate:
         space = run.space
@@ -169,9 +170,7 @@ class MIFGSM(RgbdAttack):
         **settings: Unpack[AttackSettings],
     ) -> None:
         super().__init__(model, budget, alpha, steps=steps, random_start=False, **settings)
-        if not is_number(decay) or decay < 0:
-            raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
-        self.decay = float(decay)
+        self.decay = check_real(decay, "decay")
 
     def _attack_once(self, run: AttackRun) -> Iterate:
         space = run.space

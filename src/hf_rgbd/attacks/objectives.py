@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..processors.validation_rgbd import check_labels
+from ..processors.validation_rgbd import check_label_range, check_labels
 
 LOSSES = ("ce", "margin", "dlr")
 
@@ -68,13 +68,19 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False)
     return margin / (sorted_logits[:, 0] - sorted_logits[:, 2] + 1e-12)
 
 
-def _output_field(outputs: Any, key: str) -> torch.Tensor:
-    """`outputs.<key>` of a ModelOutput / dict, or the first element of a tuple."""
+def _output_field(outputs: Any, key: str, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """`outputs.<key>` of a ModelOutput / dict, or the first element of a tuple; ValueError naming the field (and
+    the model class when given) when the outputs do not hold it."""
     if isinstance(outputs, (tuple, list)):
         return outputs[0]
-    value = outputs[key] if isinstance(outputs, dict) else getattr(outputs, key, None)
-    if value is None:
-        raise ValueError(f"the model's outputs have no `{key}`; pick an objective that matches the model's head.")
+    value = outputs.get(key) if isinstance(outputs, dict) else getattr(outputs, key, None)
+    if not isinstance(value, torch.Tensor):
+        source = f"{type(model).__name__} " if model is not None else "the model "
+        fields = sorted(k for k, v in outputs.items() if v is not None) if isinstance(outputs, dict) else []
+        raise ValueError(
+            f"the attack's objective needs the output field `{key}`, which {source}does not return (it returns "
+            f"{fields}); pick an objective that matches the model's head."
+        )
     return value
 
 
@@ -91,15 +97,21 @@ class AttackObjective:
     def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
         """Validate the objective against the model before any forward pass (default: nothing to check)."""
 
+    def check_outputs(self, outputs: Any, labels: torch.Tensor, model: torch.nn.Module) -> None:
+        """Validate the model's first outputs and the labels against them (once per `perturb`, before the loss;
+        default: nothing to check). ValueError naming the missing output field or `labels`."""
+
     def model_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments of the forward call."""
         return {}
 
     def prepare_labels(self, labels: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Validate `labels` (B,) and move them to `device`."""
+        """Validate `labels` (B,): integers, each a class index >= 0 or -100 (an ignored sample, left unperturbed),
+        and move them to `device`."""
         if labels is None:
             raise ValueError("`labels` are required: pass them to the attack or as `labels` in the inputs.")
         labels = check_labels(labels, batch_size).to(device=device, dtype=torch.long)
+        check_label_range(labels, None)
         return labels.clone() if labels.is_inference() else labels
 
     def couples_samples(self, perturbed: set[str]) -> bool:
@@ -137,6 +149,10 @@ class ClassificationObjective(AttackObjective):
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
         if self._loss == "dlr" and isinstance(num_labels, int) and num_labels > 0:
             check_dlr_classes(num_labels, targeted)
+
+    def check_outputs(self, outputs: Any, labels: torch.Tensor, model: torch.nn.Module) -> None:
+        logits = _output_field(outputs, self.logits_key, model)
+        check_label_range(labels, logits.shape[-1])
 
     def logits(self, outputs: Any) -> torch.Tensor:
         return _output_field(outputs, self.logits_key)
@@ -198,13 +214,16 @@ class RetrievalObjective(AttackObjective):
             raise ValueError(f"`labels` of a retrieval attack are gallery indices in [0, {batch_size}).")
         return labels
 
+    def check_outputs(self, outputs: Any, labels: torch.Tensor, model: torch.nn.Module) -> None:
+        self.similarities(outputs, model)
+
     def couples_samples(self, perturbed: set[str]) -> bool:
         gallery = "depth_values" if self.direction == "rgb_to_depth" else "pixel_values"
         return gallery in perturbed
 
-    def similarities(self, outputs: Any) -> torch.Tensor:
+    def similarities(self, outputs: Any, model: torch.nn.Module | None = None) -> torch.Tensor:
         key = "logits_per_rgb" if self.direction == "rgb_to_depth" else "logits_per_depth"
-        return _output_field(outputs, key)
+        return _output_field(outputs, key, model)
 
     def loss(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         scores = self.similarities(outputs)

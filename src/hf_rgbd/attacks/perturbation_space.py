@@ -32,6 +32,12 @@ class ModalitySpace:
     mask: torch.Tensor | None  # (B, 1, H, W) bool, False where the input must not change (depth holes)
     to_model: Callable[[torch.Tensor], torch.Tensor]
 
+    def unchanged(self, ignored: torch.Tensor) -> torch.Tensor:
+        """Where the output must equal the input exactly, broadcastable to (B, C, H, W): the `ignored` (B,) samples
+        and the holes."""
+        keep = ignored.view(-1, 1, 1, 1)
+        return keep if self.mask is None else keep | ~self.mask
+
     def keep_holes(self, x: torch.Tensor) -> torch.Tensor:
         """`x` with the original values wherever the mask is False."""
         return x if self.mask is None else torch.where(self.mask, x, self.original)
@@ -84,13 +90,17 @@ def _depth_space(
     mask = batch.get("depth_mask")
     if mask is not None:
         check_depth_mask(mask, values)
+    # NaN / inf depth is a hole whatever the mask says, as in the models; hole values never enter the iterates
+    finite = torch.isfinite(values).all(dim=1, keepdim=True)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
     if processor is None:
-        mask = (torch.isfinite(values) & (values > 0)) if mask is None else mask
-        return ModalitySpace("depth_values", eps, alpha, values, 0.0, math.inf, mask, lambda x: x)
+        mask = (finite & (values > 0).all(dim=1, keepdim=True)) if mask is None else mask & finite
+        physical = torch.where(mask, values, zero)
+        return ModalitySpace("depth_values", eps, alpha, physical, 0.0, math.inf, mask, lambda x: x)
     depth_processor = processor.depth_image_processor
-    mask = (values != 0) if mask is None else mask
+    mask = (values != 0).all(dim=1, keepdim=True) & finite if mask is None else mask & finite
     intrinsics = batch.get("intrinsics")
-    metres = depth_processor.to_metres(values, mask, intrinsics)
+    metres = depth_processor.to_metres(torch.where(mask, values, zero), mask, intrinsics)
 
     def to_model(x: torch.Tensor) -> torch.Tensor:
         return depth_processor.from_metres(x, mask, intrinsics)
@@ -115,6 +125,9 @@ class PerturbationSpace:
         self.modalities: dict[str, ModalitySpace] = {}
         for name, eps in budget.items():
             values = check_image_tensor(batch[name], name).detach()
+            # half-precision inputs are attacked in float32 (a bf16 step of 2/255 would round away near 1.0); the
+            # output batch is cast back to the input dtype
+            values = values.to(torch.promote_types(values.dtype, torch.float32))
             if name == "pixel_values":
                 self.modalities[name] = _rgb_space(values, eps, alpha[name], processor)
             else:

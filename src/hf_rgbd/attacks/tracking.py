@@ -27,6 +27,8 @@ class AttackResult:
             cost a forward pass).
         linf, l2 (`dict[str, torch.Tensor]`): per perturbed input, each sample's L-inf and L2 perturbation norm of
             `inputs` in physical units (B,).
+        ignored (`torch.Tensor` (B,) bool, *optional*): samples labelled -100. They are returned exactly as given
+            (norms 0) and their `success` is False; success rates and accuracies leave them out.
     """
 
     inputs: Any
@@ -34,6 +36,7 @@ class AttackResult:
     success: torch.Tensor
     linf: dict[str, torch.Tensor]
     l2: dict[str, torch.Tensor]
+    ignored: torch.Tensor | None = None
 
 
 class IterateTracker:

@@ -74,10 +74,11 @@ def evaluate_robustness(
             `label`, `clean_prediction`, `adversarial_prediction`).
 
     Returns:
-        `dict` with `num_samples`, `clean_accuracy` and `attacks`: per name, `robust_accuracy` (fraction of
-        samples classified correctly after the attack), `success_rate` (fraction of the clean-correct samples the
-        attack misclassifies), `budget`, and `perturbation` per attacked input in physical units (RGB intensity,
-        depth metres): `mean_linf`, `max_linf`, `mean_l2`, `max_l2` over samples. With `output_dir`, also
+        `dict` with `num_samples`, `num_ignored` (samples labelled -100: left unperturbed and out of every rate),
+        `clean_accuracy` (over the other samples) and `attacks`: per name, `robust_accuracy` (fraction of the
+        counted samples classified correctly after the attack), `success_rate` (fraction of the clean-correct
+        samples the attack misclassifies), `budget`, and `perturbation` per attacked input in physical units (RGB intensity,
+        depth metres): `mean_linf`, `max_linf`, `mean_l2`, `max_l2` over the counted samples. With `output_dir`, also
         `figures` (paths) and `examples_path`.
     """
     if not isinstance(attacks, Mapping) or not attacks:
@@ -100,14 +101,22 @@ def evaluate_robustness(
         clean_predictions = []
         with torch.no_grad():
             for batch, _ in batches:
-                logits = model(**model_inputs(model, batch.to(device))).logits
+                logits = model(**model_inputs(model, batch.to(device))).get("logits")
+                if logits is None:
+                    raise ValueError(
+                        f"`model` must be a classifier returning `logits`; {type(model).__name__} does not."
+                    )
                 clean_predictions.append(logits.argmax(dim=1).cpu())
         clean_predictions = torch.cat(clean_predictions)
-        clean_correct = clean_predictions == torch.cat([labels for _, labels in batches])
+        all_labels = torch.cat([labels for _, labels in batches])
+        counted = all_labels != -100  # samples labelled -100 are ignored: left out of every rate
+        clean_correct = (clean_predictions == all_labels) & counted
         num_samples = clean_correct.numel()
+        num_counted = int(counted.sum())
         report: dict[str, Any] = {
             "num_samples": num_samples,
-            "clean_accuracy": clean_correct.float().mean().item(),
+            "num_ignored": num_samples - num_counted,
+            "clean_accuracy": _fraction(int(clean_correct.sum()), num_counted),
             "attacks": {},
         }
         scratch = None if output_path is None else Path(tempfile.mkdtemp(prefix="adversarial_examples_"))
@@ -140,23 +149,22 @@ def evaluate_robustness(
                             columns.setdefault(key, []).append(result.inputs[key].detach().cpu().numpy())
                     offset += size
                 progress.update(1)
-            correct = torch.cat(correct)
-            n_clean = int(clean_correct.sum())
+            correct = torch.cat(correct) & counted
             fooled = int((clean_correct & ~correct).sum())
             entry = {
                 "attack": repr(attack),
                 "budget": dict(attack.budget),
-                "robust_accuracy": correct.float().mean().item(),
-                "success_rate": fooled / n_clean if n_clean else math.nan,
+                "robust_accuracy": _fraction(int(correct.sum()), num_counted),
+                "success_rate": _fraction(fooled, int(clean_correct.sum())),
                 "perturbation": {},
             }
             for key, values in norms.items():
-                linf, l2 = torch.cat(values["linf"]), torch.cat(values["l2"])
+                linf, l2 = torch.cat(values["linf"])[counted], torch.cat(values["l2"])[counted]
                 entry["perturbation"][key] = {
-                    "mean_linf": linf.mean().item(),
-                    "max_linf": linf.max().item(),
-                    "mean_l2": l2.mean().item(),
-                    "max_l2": l2.max().item(),
+                    "mean_linf": linf.mean().item() if num_counted else math.nan,
+                    "max_linf": linf.max().item() if num_counted else math.nan,
+                    "mean_l2": l2.mean().item() if num_counted else math.nan,
+                    "max_l2": l2.max().item() if num_counted else math.nan,
                 }
             report["attacks"][name] = entry
             if scratch is not None:
@@ -183,6 +191,11 @@ def evaluate_robustness(
     finally:
         for module, training in was_training:
             module.training = training
+
+
+def _fraction(count: int, total: int) -> float:
+    """`count / total`, NaN when `total` is 0 (e.g. every sample ignored)."""
+    return count / total if total else math.nan
 
 
 def _examples_dataset(columns: dict[str, list[np.ndarray]], attack_name: str):

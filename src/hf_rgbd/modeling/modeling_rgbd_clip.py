@@ -27,7 +27,13 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_rgbd_clip import RgbdClipConfig
 from .configuration_rgbd_vit import RgbdTowerModality, RgbdVitConfig
-from .modeling_rgbd_common import RgbdAutoMapMixin, check_labels, draw_modality_dropout
+from .modeling_rgbd_common import (
+    RgbdAutoMapMixin,
+    check_classification_labels,
+    check_labels,
+    classification_loss,
+    draw_modality_dropout,
+)
 from .modeling_rgbd_vit import RgbdVitModel, resize_position_embeddings
 
 logger = logging.get_logger(__name__)
@@ -572,7 +578,8 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
             pixel_values: (B, 3, H, W); required with `modalities="rgb"`, optional with `"rgbd"`.
             depth_values: (B, C_d, H, W); required with `modalities="depth"`, optional with `"rgbd"`.
             depth_mask: (B, 1, H, W) bool, False at depth holes.
-            labels: (B,) class indices (or per `config.problem_type`); gives `loss`.
+            labels: (B,) class indices in [0, num_labels) or -100 (ignored; all ignored gives loss 0), or per
+                `config.problem_type`; gives `loss`. Checked as in the CNN family (`check_classification_labels`).
             interpolate_pos_encoding: accept sizes other than the configured image sizes.
             kwargs: `output_hidden_states`, `output_attentions` (eager attention only), `return_dict`; the output
                 flags default to this model's config, then to the towers' configs.
@@ -627,11 +634,12 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(labels, logits, self.config)
+            labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
+            loss = classification_loss(self.loss_function, labels, logits, self.config)
             for auxiliary_logits in (rgb_logits, depth_logits):
                 if auxiliary_logits is not None:
-                    loss = loss + self.config.auxiliary_loss_weight * self.loss_function(
-                        labels, auxiliary_logits, self.config
+                    loss = loss + self.config.auxiliary_loss_weight * classification_loss(
+                        self.loss_function, labels, auxiliary_logits, self.config
                     )
         return RgbdClipImageClassifierOutput(
             loss=loss,

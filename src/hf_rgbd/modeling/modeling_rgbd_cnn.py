@@ -25,7 +25,8 @@ for `pixel_values=None` / `depth_values=None` at inference):
 - multi-stage fusion: the missing modality contributes nothing to the attention-weighted sums (depth at every
   fusion, RGB at the stem fusion, after which the RGB stream carries the fused features).
 
-Depth input (`_prepare_inputs`): holes (`depth_mask` False; default: non-finite values) never reach the network
+Inputs of any floating dtype run in the model's dtype. Depth input (`_prepare_inputs`): holes (`depth_mask` False,
+and every NaN / inf value whatever the mask says) never reach the network
 with their stored values. Each depth channel is standardised over its valid pixels (`normalize_depth`, holes -> 0),
 holes are then filled from nearby valid depth (`fill_depth_holes`), and with `use_depth_mask` the mask is one more
 input channel, so the network still knows which values were measured.
@@ -56,10 +57,12 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_rgbd_cnn import RgbdCnnConfig
 from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
-    check_depth_mask,
+    check_batch_norm_batch,
+    check_classification_labels,
     check_image_tensor,
-    check_labels,
+    classification_loss,
     draw_modality_dropout,
+    effective_depth_mask,
 )
 
 logger = logging.get_logger(__name__)
@@ -643,7 +646,8 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                 depth in the processor's representation (1 channel, or 3 for HHA). Required with
                 `modalities="depth"`; ignored with `"rgb"`; may be None with `"rgbd"` (missing depth).
             depth_mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*):
-                True where depth is valid. Default: valid wherever every channel of `depth_values` is finite.
+                True where depth is valid. Default: valid wherever every channel of `depth_values` is finite; NaN / inf
+                depth is a hole even where the mask says valid.
             kwargs: `output_hidden_states` (return the per-stage feature maps) and `return_dict` (False: a tuple),
                 as in transformers models; anything else is ignored (e.g. other processor outputs such as
                 `depth_token_ids`).
@@ -684,6 +688,8 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
             raise ValueError("`depth_mask` was given without `depth_values`.")
         if pixel_values is not None:
             check_image_tensor(pixel_values, "pixel_values", config.num_channels, "config.num_channels")
+            self._check_batch_norm_batch(pixel_values, "pixel_values")
+            pixel_values = pixel_values.to(self.dtype)  # float64 / float16 / bfloat16 inputs run in the model dtype
         if depth_values is None:
             if config.modalities == "rgbd" and config.modality_dropout[1] == 0:
                 logger.warning_once(
@@ -692,6 +698,7 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                 )
             return pixel_values, None
         check_image_tensor(depth_values, "depth_values", config.depth_channels, "config.depth_channels")
+        self._check_batch_norm_batch(depth_values, "depth_values")
         if pixel_values is None and config.modalities == "rgbd" and config.modality_dropout[0] == 0:
             logger.warning_once(
                 "`pixel_values` is None but this model was not configured with RGB dropout "
@@ -708,10 +715,8 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
                     f"`depth_values` is {tuple(depth_values.shape[-2:])} (H, W) but `pixel_values` is "
                     f"{tuple(pixel_values.shape[-2:])}: RGB and depth must be aligned (use RgbdProcessor)."
                 )
-        if depth_mask is None:
-            depth_mask = torch.isfinite(depth_values).all(dim=1, keepdim=True)
-        else:
-            depth_mask = check_depth_mask(depth_mask, depth_values)
+        depth_mask = effective_depth_mask(depth_values, depth_mask)  # NaN / inf depth is a hole
+        depth_values = depth_values.to(self.dtype)
         if config.normalize_depth:
             depth_input = self.depth_norm(depth_values, depth_mask)
         else:
@@ -721,6 +726,16 @@ class RgbdCnnModel(RgbdCnnPreTrainedModel):
         if config.use_depth_mask:
             depth_input = torch.cat([depth_input, depth_mask.to(depth_values.dtype)], dim=1)
         return pixel_values, depth_input
+
+    def _check_batch_norm_batch(self, values: torch.Tensor, name: str) -> None:
+        """A batch of one whose last feature map is 1x1 cannot be batch-normalised in training (shapes only)."""
+        height, width = values.shape[-2:]
+        halvings = 2 + sum(1 for index in range(len(self.config.hidden_sizes)) if index > 0)
+        if self.config.downsample_in_first_stage:
+            halvings += 1
+        for _ in range(halvings):  # stem convolution, max-pool, then every stride-2 stage: ceil(size / 2) each
+            height, width = (height + 1) // 2, (width + 1) // 2
+        check_batch_norm_batch(values.shape[0], (height, width), self.training, name)
 
     def _present_modalities(
         self, pixel_values: torch.Tensor | None, depth_input: torch.Tensor | None
@@ -768,8 +783,10 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
         Args:
             pixel_values, depth_values, depth_mask: as in [`RgbdCnnModel.forward`].
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                class indices in `[0, num_labels)` (-100 = ignored) for the cross-entropy loss
-                (`self.loss_function`; float targets of shape `(batch_size, num_labels)` give the multi-label loss).
+                class indices in `[0, num_labels)` (-100 = ignored; all ignored gives loss 0) for the cross-entropy
+                loss (`self.loss_function`; float targets of shape `(batch_size, num_labels)` give the multi-label
+                loss). Other values are a ValueError in eval mode and a `torch._assert_async` failure naming
+                `labels` in training (no host sync; see `check_classification_labels`).
             kwargs: `output_hidden_states` and `return_dict` as in [`RgbdCnnModel.forward`]; `num_items_in_batch`
                 (passed by `Trainer` under gradient accumulation: the loss is then the sum over this batch divided
                 by it); anything else is ignored.
@@ -783,12 +800,9 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
-            check_labels(labels, logits.shape[0])
-            loss = self.loss_function(
-                labels=labels,
-                pooled_logits=logits,
-                config=self.config,
-                num_items_in_batch=kwargs.get("num_items_in_batch"),
+            labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
+            loss = classification_loss(
+                self.loss_function, labels, logits, self.config, num_items_in_batch=kwargs.get("num_items_in_batch")
             )
         return RgbdCnnImageClassifierOutput(
             loss=loss,

@@ -5,6 +5,7 @@ Part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -48,14 +49,16 @@ def draw_modality_dropout(
 # ------------------------------------------------------------------------------------- input checks (one each)
 # These read shapes and dtypes only, never tensor values, so they cost no host sync inside a training step.
 def check_image_tensor(values: Any, name: str, channels: int | None = None, channels_field: str = "") -> None:
-    """ValueError naming `name` unless `values` is a floating-point (B, C, H, W) tensor, with `C == channels` when
-    given (`channels_field` names the config field it comes from, e.g. `"config.num_channels"`)."""
+    """ValueError naming `name` unless `values` is a floating-point (B, C, H, W) tensor with B >= 1 (an empty batch
+    is an error in every family), with `C == channels` when given (`channels_field` names the config field it comes from, e.g. `"config.num_channels"`)."""
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
         raise ValueError(
             f"`{name}` must be a floating-point torch.Tensor, got {getattr(values, 'dtype', type(values).__name__)}."
         )
     if values.ndim != 4:
         raise ValueError(f"`{name}` must be (batch, channels, height, width), got shape {tuple(values.shape)}.")
+    if 0 in values.shape:
+        raise ValueError(f"`{name}` is empty (shape {tuple(values.shape)}): pass at least one sample of size >= 1.")
     if channels is not None and values.shape[1] != channels:
         raise ValueError(
             f"`{name}` has {values.shape[1]} channels but the model expects {channels} ({channels_field}); shape "
@@ -87,6 +90,90 @@ def check_labels(labels: Any, batch_size: int) -> None:
         raise ValueError(f"`labels` must have one entry per sample ({batch_size}), got {shape}.")
 
 
+def effective_depth_mask(depth_values: torch.Tensor, depth_mask: Any = None) -> torch.Tensor:
+    """The mask a model uses, (B, 1, H, W) bool: `depth_mask` (checked by `check_depth_mask`; None: all valid) and
+    every channel of `depth_values` finite, so NaN / inf depth is a hole in every family. Non-syncing."""
+    finite = torch.isfinite(depth_values).all(dim=1, keepdim=True)
+    if depth_mask is None:
+        return finite
+    return check_depth_mask(depth_mask, depth_values) & finite
+
+
+def check_batch_norm_batch(batch_size: int, spatial_size: tuple[int, int], training: bool, name: str) -> None:
+    """ValueError naming `name` when a batch norm in training would see a single value per channel (batch of one
+    sample whose smallest feature map is 1x1): torch's own error would not say which input or what to do."""
+    if training and batch_size * spatial_size[0] * spatial_size[1] == 1:
+        raise ValueError(
+            f"`{name}` holds one sample whose smallest feature map is 1x1: batch norm in training needs more than "
+            "one value per channel; use a batch of at least 2 samples, larger images, or `model.eval()`."
+        )
+
+
+def label_problem_type(labels: torch.Tensor, config: Any) -> str:
+    """The loss transformers' classification loss picks for `labels` (without writing it into `config`)."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    is_integer = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
+    return "single_label_classification" if is_integer else "multi_label_classification"
+
+
+def check_classification_labels(labels: Any, logits: torch.Tensor, config: Any, check_values: bool) -> torch.Tensor:
+    """`labels` ready for the classification loss of `logits` (B, num_labels): integer class indices (B,) as long,
+    or float targets (B, num_labels) / (B,) for the multi-label / regression losses; ValueError naming `labels`
+    otherwise.
+
+    Class indices must lie in [0, num_labels) or be -100 (ignored). With `check_values` (outside training) that is
+    checked on the host (ValueError); in training it is `torch._assert_async` (no host sync: on CPU it raises a
+    RuntimeError naming `labels` at once, on an accelerator it fails the step at the next synchronisation), the
+    same guard torch's own kernels have, but with a message that names the argument."""
+    batch_size, num_labels = logits.shape[0], config.num_labels
+    check_labels(labels, batch_size)
+    if num_labels < 1:
+        raise ValueError("`labels` need a classification head, but this model has `config.num_labels=0`.")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"`labels` must be integer class indices or float targets, got {labels.dtype}.")
+    problem_type = label_problem_type(labels, config)
+    if problem_type == "single_label_classification":
+        if labels.is_floating_point() or labels.ndim != 1:
+            raise ValueError(
+                f"`labels` must be integer class indices of shape ({batch_size},) for "
+                f"problem_type='single_label_classification', got {labels.dtype} {tuple(labels.shape)}."
+            )
+        labels = labels.long()
+        valid = ((labels >= 0) & (labels < num_labels)) | (labels == -100)
+        message = f"`labels` must be class indices in [0, {num_labels}) or -100 (ignored)."
+        if check_values:
+            if not bool(valid.all()):
+                raise ValueError(f"{message} Got {labels[~valid].unique()[:8].tolist()}.")
+        else:
+            torch._assert_async(valid.all(), message)
+        return labels
+    expected = (batch_size,) if problem_type == "regression" and num_labels == 1 else (batch_size, num_labels)
+    if tuple(labels.shape) not in {expected, (batch_size, num_labels)}:
+        raise ValueError(
+            f"`labels` for problem_type={problem_type!r} must have shape {expected}, got {tuple(labels.shape)}."
+        )
+    labels = labels.to(logits.dtype)
+    if check_values and not bool(torch.isfinite(labels).all()):
+        raise ValueError("`labels` must be finite.")
+    return labels
+
+
+def classification_loss(
+    loss_function: Callable[..., torch.Tensor], labels: torch.Tensor, logits: torch.Tensor, config: Any, **kwargs: Any
+) -> torch.Tensor:
+    """`loss_function(labels, logits, config, **kwargs)` (transformers' classification loss), but 0 (a sum over no
+    items, with zero gradients) instead of NaN when every class label is -100. `labels` as returned by
+    `check_classification_labels`."""
+    loss = loss_function(labels=labels, pooled_logits=logits, config=config, **kwargs)
+    if labels.is_floating_point():
+        return loss
+    counted = (labels != -100).any()
+    return torch.where(counted, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+
+
 def check_flag(value: Any, name: str) -> bool:
     """`value` if it is a bool (or None, read as False); ValueError naming `name` otherwise (a tensor or a string
     here is a misplaced argument, and its truth value would be silently wrong)."""
@@ -99,9 +186,14 @@ def check_flag(value: Any, name: str) -> bool:
 
 __all__ = [
     "RgbdAutoMapMixin",
+    "check_batch_norm_batch",
+    "check_classification_labels",
     "check_depth_mask",
     "check_flag",
     "check_image_tensor",
     "check_labels",
+    "classification_loss",
     "draw_modality_dropout",
+    "effective_depth_mask",
+    "label_problem_type",
 ]

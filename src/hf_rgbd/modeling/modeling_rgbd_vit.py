@@ -16,7 +16,7 @@ modality experts):
   capturing (`_can_record_outputs` of the `PreTrainedModel` holding the layers, `@capture_outputs` on its forward),
   not collected by the encoder.
 
-Depth holes (`depth_mask` False) are handled explicitly in [`RgbdVitEmbeddings`]:
+Depth holes (`depth_mask` False, and every NaN / inf depth value) are handled explicitly in [`RgbdVitEmbeddings`]:
 
 1. depth values under holes are replaced by 0 *before* the patch projection (`torch.where`, so NaN/inf under a
    hole cannot leak either), hence depth values at holes never influence any output and receive zero gradient;
@@ -52,7 +52,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_rgbd_vit import RgbdVitConfig
-from .modeling_rgbd_common import RgbdAutoMapMixin, check_depth_mask, check_image_tensor
+from .modeling_rgbd_common import RgbdAutoMapMixin, check_depth_mask, check_image_tensor, effective_depth_mask
 
 logger = logging.get_logger(__name__)
 
@@ -192,22 +192,23 @@ class RgbdVitEmbeddings(nn.Module):
 
         Args:
             values: `pixel_values` (B, 3, H, W) for RGB, `depth_values` (B, C_d, H, W) for depth.
-            depth_mask: (B, 1, H, W) or (B, H, W), True where depth is valid (depth streams only; None = all valid).
+            depth_mask: (B, 1, H, W) or (B, H, W), True where depth is valid (depth streams only; None = every
+                finite pixel; NaN / inf depth is a hole either way).
             interpolate_pos_encoding: accept sizes other than `config.image_size` (position embeddings resized).
 
         Returns:
             `embeddings` (B, 1 + N, D) and `key_mask` (B, 1 + N) bool, False for tokens to drop from the attention
-            keys (patches without any valid depth). It is given whenever a depth stream with
-            `config.mask_missing_depth_patches` gets a `depth_mask` (all True when no patch is missing: deciding
-            that would read the mask on the host), None otherwise.
+            keys (patches without any valid depth). It is given for every depth stream with
+            `config.mask_missing_depth_patches` (all True when no patch is missing: deciding that would read the
+            mask on the host), None otherwise.
         """
         self.patch_embeddings.check_input(values, self.input_name, interpolate_pos_encoding)
         batch_size, _, height, width = values.shape
         dtype = self.position_embeddings.dtype
-        values = values.to(dtype)
         key_mask = None
-        if self.modality == "depth" and depth_mask is not None:
-            depth_mask = check_depth_mask(depth_mask, values)
+        if self.modality == "depth":
+            depth_mask = effective_depth_mask(values, depth_mask)  # NaN / inf depth is a hole, mask given or not
+            values = values.to(dtype)
             values = torch.where(depth_mask, values, torch.zeros((), dtype=dtype, device=values.device))
             embeddings = self.patch_embeddings(values)
             valid_fraction = self.patch_validity(depth_mask)  # (B, N)
@@ -219,7 +220,7 @@ class RgbdVitEmbeddings(nn.Module):
             if self.config.mask_missing_depth_patches:
                 key_mask = torch.cat([missing.new_ones(batch_size, 1), ~missing], dim=1)
         else:
-            embeddings = self.patch_embeddings(values)
+            embeddings = self.patch_embeddings(values.to(dtype))
 
         cls_tokens = self.cls_token.expand(batch_size, -1, -1)
         embeddings = torch.cat([cls_tokens, embeddings], dim=1)
@@ -547,7 +548,8 @@ class RgbdVitModel(RgbdVitPreTrainedModel):
         Args:
             pixel_values: (B, 3, H, W) normalised RGB; required when `config.modality == "rgb"`.
             depth_values: (B, C_d, H, W) depth representation; required when `config.modality == "depth"`.
-            depth_mask: (B, 1, H, W) bool, False at depth holes (None: all valid).
+            depth_mask: (B, 1, H, W) bool, False at depth holes (None: every finite pixel is valid; NaN / inf depth
+                is a hole either way).
             interpolate_pos_encoding: accept H, W other than `config.image_size`.
             kwargs: `output_hidden_states`, `output_attentions` (eager attention only), `return_dict`; they default
                 to the config's values.

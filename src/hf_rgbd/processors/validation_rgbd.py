@@ -7,6 +7,8 @@ values; the others look at types, shapes and dtypes, so they cost no host sync.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -124,3 +126,48 @@ __all__ = [
     "flatten_batch",
     "is_number",
 ]
+
+
+# ------------------------------------------------------------------------------------- attack entry checks
+# These read tensor values (one host sync each): the attacks call them once per `perturb`, never per step.
+def is_real_number(value: Any) -> bool:
+    """Whether `value` is a real number (Python or numpy int / float), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_real(value: Any, name: str, minimum: float = 0.0, maximum: float = math.inf) -> float:
+    """`value` as a float if it is a finite real number in [`minimum`, `maximum`]; ValueError naming `name`
+    otherwise (NaN, inf, bools, strings and tensors included)."""
+    if not is_real_number(value) or not math.isfinite(value) or not minimum <= value <= maximum:
+        bounds = f">= {minimum}" if maximum == math.inf else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be a finite number {bounds}, got {value!r}.")
+    return float(value)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """`seed` if it is an int a `torch.Generator` accepts, in [0, 2**64); ValueError naming `name` otherwise."""
+    check_int(seed, name, 0)
+    if seed >= 2**64:
+        raise ValueError(f"`{name}` must be an int in [0, 2**64), got {seed!r}.")
+    return seed
+
+
+def check_finite_values(values: torch.Tensor, name: str) -> None:
+    """ValueError naming `name` unless every value of `values` is finite (NaN / inf RGB is corrupt input)."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        raise ValueError(f"`{name}` has {int((~finite).sum())} NaN / inf values; RGB inputs must be finite.")
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int | None, name: str = "labels") -> None:
+    """ValueError naming `name` unless every label is -100 (ignored) or a class index in [0, `num_classes`) (any
+    index >= 0 when `num_classes` is None)."""
+    valid = labels >= 0 if num_classes is None else (labels >= 0) & (labels < num_classes)
+    valid = valid | (labels == -100)
+    if not bool(valid.all()):
+        upper = "" if num_classes is None else f", < {num_classes}"
+        wrong = labels[~valid].unique()[:8].tolist()
+        raise ValueError(f"`{name}` must be class indices (>= 0{upper}) or -100 (ignored), got {wrong}.")
+
+
+__all__ += ["check_finite_values", "check_label_range", "check_real", "check_seed", "is_real_number"]
