@@ -85,9 +85,9 @@ class TestImageProcessor:
     @pytest.mark.parametrize(
         "bad, match",
         [
-            (np.zeros((8, 8, 4), np.uint8), "3 colour channels"),
-            (np.zeros((8, 8), np.uint8), "shape"),
-            (torch.zeros(4, 8, 8), "shape"),
+            (np.zeros((8, 8, 2), np.uint8), "colour channels"),  # grey (1) and RGBA (4) are accepted since issue 13
+            (np.zeros(8, np.uint8), "shape"),
+            (torch.zeros(5, 8, 8), "colour channels"),
             (np.full((8, 8, 3), 2.0, np.float32), r"\[0, 1\]"),
             (np.full((8, 8, 3), np.nan, np.float32), "NaN"),
             (np.full((8, 8, 3), 300, np.int32), r"\[0, 255\]"),

@@ -2,12 +2,14 @@
 
 Part of the flat `hf_rgbd.processors` folder (imports nothing from hf_rgbd, so saved processors carry it). The
 attacks and the training and evaluation helpers import it from here. Only `check_pinhole_values` reads tensor
-values; the others look at types, shapes and dtypes, so they cost no host sync.
+values; the others look at types, shapes and dtypes (or at Python settings), so they cost no host sync.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,6 +43,71 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
     return value
+
+
+def check_real(value: Any, name: str, positive: bool = False) -> float:
+    """`value` as a float if it is a finite real number (Python or numpy, not a bool), and > 0 when `positive`;
+    ValueError naming `name` otherwise (NaN, inf, strings and None corrupt outputs or fail far from the cause)."""
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if not is_real or not math.isfinite(value) or (positive and not value > 0):
+        expected = "a finite positive number" if positive else "a finite number"
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+    return float(value)
+
+
+def check_channel_values(values: Any, name: str, positive: bool = False, channels: int = 3) -> tuple[float, ...]:
+    """`values` (one number for every channel, or a sequence of `channels` numbers) as a tuple of finite floats,
+    each > 0 when `positive`; ValueError naming `name` otherwise."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (numbers.Real, Sequence, np.ndarray)):
+        raise ValueError(f"`{name}` must be a number or {channels} numbers (one per channel), got {values!r}.")
+    if isinstance(values, numbers.Real):
+        values = [values] * channels
+    values = list(np.asarray(values, dtype=object).reshape(-1)) if isinstance(values, np.ndarray) else list(values)
+    if len(values) != channels:
+        raise ValueError(f"`{name}` must have {channels} values (one per channel), got {len(values)}: {values!r}.")
+    return tuple(check_real(value, f"{name}[{index}]", positive) for index, value in enumerate(values))
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """`value` unchanged if it is one of `choices` (compared by type and value: `1` is not `True`); ValueError
+    naming `name` otherwise."""
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def array_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
+    """A CPU tensor sharing `array`'s memory where torch can: copies views with negative strides (`np.fliplr`,
+    `img[..., ::-1]`), read-only and non-native byte order arrays; unsigned 32 / 64-bit become int64 (torch has
+    few kernels for them). ValueError naming `name` for non-numeric dtypes (object, strings, complex, dates)."""
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"`{name}` must hold numbers (bool, integer or float), got dtype {array.dtype}.")
+    if array.dtype.byteorder not in ("=", "|") or not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = np.array(array, dtype=array.dtype.newbyteorder("="), copy=True)
+    if array.dtype in (np.uint32, np.uint64):
+        array = array.astype(np.int64)
+    return torch.from_numpy(array)
+
+
+def nested_list_depth(value: Any) -> int:
+    """How many levels of lists / tuples lead from `value` to its first number: 2 for a (H, W) nested list, 0 for
+    anything that is not a (nested) list of numbers (arrays, tensors, images, empty lists)."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and len(value) > 0:
+        value, depth = value[0], depth + 1
+    return depth if depth and isinstance(value, (numbers.Number, np.bool_)) else 0
+
+
+def nested_list_to_array(value: Sequence[Any], name: str) -> np.ndarray:
+    """A rectangular nested list of numbers (what `datasets` returns for array columns) as a numpy array;
+    ValueError naming `name` for ragged lists or non-numeric entries."""
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"`{name}` is a nested list that is not a rectangular array of numbers ({error}).") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"`{name}` is a nested list that does not hold only numbers (numpy dtype {array.dtype}).")
+    return array
 
 
 def check_image_tensor(values: Any, name: str, channels: int | None = None) -> torch.Tensor:
@@ -96,11 +163,14 @@ def check_pinhole_values(intrinsics: torch.Tensor, name: str = "intrinsics") -> 
         raise ValueError(f"`{name}` must have positive focal lengths fx = K[0, 0] and fy = K[1, 1].")
 
 
-def flatten_batch(inputs: Any, name: str, item: str, convert: Callable[[Any, str], list[Item]]) -> list[Item]:
+def flatten_batch(
+    inputs: Any, name: str, item: str, convert: Callable[[Any, str], list[Item]], item_nesting: int = 0
+) -> list[Item]:
     """The items of `inputs` (one input or a list / tuple of them), each input converted by `convert(input, its
-    name)`; ValueError naming `name` for an empty list, or a single input that holds no `item`."""
+    name)`; ValueError naming `name` for an empty list, or a single input that holds no `item`. A nested list of
+    numbers at most `item_nesting` levels deep is one input (e.g. 2 for a (H, W) map), not a batch."""
     empty = f"`{name}` is an empty batch; pass at least one {item}."
-    if isinstance(inputs, (list, tuple)):
+    if isinstance(inputs, (list, tuple)) and not 0 < nested_list_depth(inputs) <= item_nesting:
         if len(inputs) == 0:
             raise ValueError(empty)
         items = []
@@ -114,6 +184,9 @@ def flatten_batch(inputs: Any, name: str, item: str, convert: Callable[[Any, str
 
 
 __all__ = [
+    "array_to_tensor",
+    "check_channel_values",
+    "check_choice",
     "check_depth_mask",
     "check_flag",
     "check_image_tensor",
@@ -121,6 +194,9 @@ __all__ = [
     "check_intrinsics",
     "check_labels",
     "check_pinhole_values",
+    "check_real",
     "flatten_batch",
     "is_number",
+    "nested_list_depth",
+    "nested_list_to_array",
 ]
