@@ -15,6 +15,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from .depth_hha import compute_hha
 from .geometry_rgbd import ResizeCropPlan, nearest_indices, plan_resize_crop, transform_intrinsics
 from .validation_rgbd import (
+    FLOAT32_MAX,
     array_to_tensor,
     check_choice,
     check_depth_mask,
@@ -238,6 +239,13 @@ class RgbdDepthProcessor(BaseImageProcessor):
             self.depth_mean = check_real(self.depth_mean, "depth_mean")
         if self.depth_std is not None:
             self.depth_std = check_real(self.depth_std, "depth_std", positive=True)
+        if self.representation == "dataset":
+            farthest = max(abs(self.min_depth - self.depth_mean), abs(self.max_depth - self.depth_mean))
+            if not farthest / self.depth_std < FLOAT32_MAX:
+                raise ValueError(
+                    f"`depth_mean`={self.depth_mean} and `depth_std`={self.depth_std} send depths in [min_depth, "
+                    "max_depth] beyond float32's range."
+                )
         self.baseline = check_real(self.baseline, "baseline", positive=True)
         if self.depth_vocab_size is not None:
             self.depth_vocab_size = check_int(self.depth_vocab_size, "depth_vocab_size", 2)
@@ -276,8 +284,10 @@ class RgbdDepthProcessor(BaseImageProcessor):
         """Process one depth map or a batch.
 
         Args:
-            depths: a depth map or a list of them: numpy (H, W), torch (H, W), (1, H, W) or (B, 1, H, W), PIL
-                `F` / `I;16` / `I` / `L` images.
+            depths: a depth map or a list of them: numpy (H, W), (H, W, 1) or (1, H, W) (of any integer or float
+                dtype, negative-stride views included), torch (H, W), (1, H, W), (H, W, 1) or (B, 1, H, W), nested
+                lists (H, W) of numbers (as `datasets` returns Array2D columns), PIL `F` / `I;16` / `I` / `L` images.
+                A (1, W, 1) shape is a 1 x W map for numpy and nested lists, a W x 1 map for torch.
             intrinsics: (3, 3) pinhole matrix shared by the batch, (B, 3, 3), or a list of (3, 3), in the pixel
                 grid of each input depth map. Required for `"disparity"` and `"hha"`.
             plans: the RGB geometry to follow (what [`RgbdProcessor`] passes): one `ResizeCropPlan` per sample, or a
@@ -566,7 +576,8 @@ def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
                 f"`{name}` is a PIL image in mode {depth.mode!r}; depth images must be single-channel: 'F' (metres), "
                 "'I;16' / 'I' / 'L' (integer units times depth_scale)."
             )
-    if isinstance(depth, np.ndarray):
+    channels_last = isinstance(depth, np.ndarray)  # numpy (1, W, 1) is a 1 x W map, torch (1, H, 1) an H x 1 map
+    if channels_last:
         depth = array_to_tensor(depth, name)
     if not isinstance(depth, torch.Tensor):
         raise ValueError(f"`{name}` must be a numpy array, a torch tensor or a PIL image, got {type(depth).__name__}.")
@@ -575,10 +586,10 @@ def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
     depth = depth.detach()
     if depth.ndim == 2:
         maps = [depth]
+    elif depth.ndim == 3 and depth.shape[-1] == 1 and (channels_last or depth.shape[0] != 1):
+        maps = [depth[..., 0]]
     elif depth.ndim == 3 and depth.shape[0] == 1:
         maps = [depth[0]]
-    elif depth.ndim == 3 and depth.shape[-1] == 1:
-        maps = [depth[..., 0]]
     elif depth.ndim == 4 and depth.shape[1] == 1:
         maps = list(depth[:, 0].unbind(0))
     else:

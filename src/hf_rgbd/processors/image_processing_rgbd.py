@@ -14,6 +14,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .geometry_rgbd import ResizeCropPlan, plan_resize_crop
 from .validation_rgbd import (
+    FLOAT32_MAX,
     array_to_tensor,
     check_channel_values,
     check_flag,
@@ -217,6 +218,7 @@ class RgbdImageProcessor(BaseImageProcessor):
             top, left, height, width = plan.crop
             batch = batch[:, :, top : top + height, left : left + width]
             factor = _intensity_factor(bits, settings["do_rescale"], settings["rescale_factor"])
+            _check_output_range(255.0 if bits == 8 else 1.0, factor, settings)
             # One pass from uint8 into the float output (large fresh temporaries cost more than the arithmetic).
             in_order = indices == list(range(len(items)))
             target = pixel_values if in_order else torch.empty(len(indices), 3, out_h, out_w)
@@ -381,6 +383,19 @@ def _intensity_factor(bits: int, do_rescale: bool, rescale_factor: float) -> flo
     if bits == 16:
         return 255.0 * rescale_factor if do_rescale else 65535.0
     return 1.0
+
+
+def _check_output_range(peak_input: float, factor: float, settings: dict[str, Any]) -> None:
+    """ValueError naming the settings whose combination sends inputs up to `peak_input` (times `factor`) beyond
+    float32's range: each setting is finite, but e.g. rescale_factor=1e30 with image_std=1e-10 is not."""
+    std = settings["image_std"] if settings["do_normalize"] else (1.0, 1.0, 1.0)
+    mean = settings["image_mean"] if settings["do_normalize"] else (0.0, 0.0, 0.0)
+    peak = max(peak_input * factor / s + abs(m) / s for m, s in zip(mean, std, strict=True))
+    if not peak < FLOAT32_MAX:
+        raise ValueError(
+            f"`rescale_factor`={settings['rescale_factor']}, `image_mean`={settings['image_mean']} and `image_std`="
+            f"{settings['image_std']} send pixel values up to {peak:.3g}, beyond float32's range."
+        )
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 Item = TypeVar("Item")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _described(value: Any) -> str:
@@ -46,12 +47,15 @@ def check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def check_real(value: Any, name: str, positive: bool = False) -> float:
-    """`value` as a float if it is a finite real number (Python or numpy, not a bool), and > 0 when `positive`;
+    """`value` as a float if it is a real number (Python or numpy, not a bool) finite in float32, and > 0 there when
+    `positive`;
     ValueError naming `name` otherwise (NaN, inf, strings and None corrupt outputs or fail far from the cause)."""
     is_real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    if not is_real or not math.isfinite(value) or (positive and not value > 0):
+    # the tensors it scales are float32: it must stay finite there, and a positive one must not flush to 0
+    as_float32 = np.float32(value) if is_real and math.isfinite(value) and abs(value) <= FLOAT32_MAX else math.nan
+    if not math.isfinite(as_float32) or (positive and not as_float32 > 0):
         expected = "a finite positive number" if positive else "a finite number"
-        raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+        raise ValueError(f"`{name}` must be {expected} (within float32's range), got {value!r}.")
     return float(value)
 
 
@@ -184,6 +188,7 @@ def flatten_batch(
 
 
 __all__ = [
+    "FLOAT32_MAX",
     "array_to_tensor",
     "check_channel_values",
     "check_choice",
