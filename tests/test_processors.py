@@ -756,3 +756,18 @@ class TestSettings:
                             ("min_camera_height_m", math.inf), ("min_camera_height_m", None)]:  # fmt: skip
             with pytest.raises(ValueError, match=name):
                 compute_hha(depth, valid, k, **{name: value})
+
+    @pytest.mark.parametrize(
+        "call, name",
+        [
+            (lambda: RgbdImageProcessor(size=4)(np.zeros((4, 4, 3), np.uint8), return_tensors="tf"), "return_tensors"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), return_tensors=3), "return_tensors"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), plans=3), "plans"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), plans=[(0, 0, 4, 4)]), "plans"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), output_size=2.5), "output_size"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), output_size=(4, 0)), "output_size"),
+        ],
+    )
+    def test_bad_call_arguments_are_named(self, call, name):
+        with pytest.raises(ValueError, match=name):
+            call()

@@ -16,6 +16,7 @@ from .depth_hha import compute_hha
 from .geometry_rgbd import ResizeCropPlan, nearest_indices, plan_resize_crop, transform_intrinsics
 from .validation_rgbd import (
     FLOAT32_MAX,
+    RETURN_TENSORS,
     array_to_tensor,
     check_choice,
     check_depth_mask,
@@ -303,6 +304,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             `BatchFeature` with `depth_values` (B, C, H, W) float32 (C = 3 for HHA, else 1), `depth_mask`
             (B, 1, H, W) bool, and `depth_token_ids` (B, N_patches) long when `depth_vocab_size` is set.
         """
+        check_choice(return_tensors, "return_tensors", RETURN_TENSORS)
         depth_m, depth_mask, intrinsics_out = self.depth_in_metres(
             depths,
             intrinsics=intrinsics,
@@ -343,8 +345,13 @@ class RgbdDepthProcessor(BaseImageProcessor):
             plans = [plan_resize_crop(tuple(m.shape), _exact_size(output_size), None) for m in maps]
         elif callable(plans):
             plans = [plans(tuple(m.shape)) for m in maps]
-        else:
+        elif isinstance(plans, (list, tuple)) and all(isinstance(plan, ResizeCropPlan) for plan in plans):
             _check_follows_rgb(maps, plans, allow_aspect_change)
+        else:
+            raise ValueError(
+                f"`plans` must be None, a list of ResizeCropPlan (one per depth map) or a callable (height, width) -> "
+                f"ResizeCropPlan, got {type(plans).__name__}."
+            )
         output_sizes = {plan.output_size for plan in plans}
         if len(output_sizes) > 1:
             raise ValueError(

@@ -15,8 +15,10 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from .geometry_rgbd import ResizeCropPlan, plan_resize_crop
 from .validation_rgbd import (
     FLOAT32_MAX,
+    RETURN_TENSORS,
     array_to_tensor,
     check_channel_values,
+    check_choice,
     check_flag,
     check_int,
     check_real,
@@ -150,6 +152,7 @@ class RgbdImageProcessor(BaseImageProcessor):
         Returns:
             `BatchFeature` with `pixel_values` of shape (B, 3, H_out, W_out), float32.
         """
+        check_choice(return_tensors, "return_tensors", RETURN_TENSORS)
         pixel_values, _ = self.preprocess_with_plans(images, **kwargs)
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 

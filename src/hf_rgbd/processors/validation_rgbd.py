@@ -17,6 +17,7 @@ import torch
 
 Item = TypeVar("Item")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+RETURN_TENSORS = (None, "pt", "np")  # what the processors' `return_tensors` takes (torch tensors, numpy arrays)
 
 
 def _described(value: Any) -> str:
@@ -189,6 +190,7 @@ def flatten_batch(
 
 __all__ = [
     "FLOAT32_MAX",
+    "RETURN_TENSORS",
     "array_to_tensor",
     "check_channel_values",
     "check_choice",
