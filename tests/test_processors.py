@@ -85,9 +85,9 @@ class TestImageProcessor:
     @pytest.mark.parametrize(
         "bad, match",
         [
-            (np.zeros((8, 8, 4), np.uint8), "3 colour channels"),
-            (np.zeros((8, 8), np.uint8), "shape"),
-            (torch.zeros(4, 8, 8), "shape"),
+            (np.zeros((8, 8, 2), np.uint8), "colour channels"),  # grey (1) and RGBA (4) are accepted since issue 13
+            (np.zeros(8, np.uint8), "shape"),
+            (torch.zeros(5, 8, 8), "colour channels"),
             (np.full((8, 8, 3), 2.0, np.float32), r"\[0, 1\]"),
             (np.full((8, 8, 3), np.nan, np.float32), "NaN"),
             (np.full((8, 8, 3), 300, np.int32), r"\[0, 255\]"),
@@ -512,3 +512,262 @@ class TestRgbdProcessor:
     def test_unknown_keyword(self):
         with pytest.raises(TypeError, match="represention"):
             make_processor()(depths=ramp_depth(), represention="log")
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: real inputs
+class TestRealWorldInputs:
+    def test_16_bit_rgb_is_not_saturated(self, tmp_path):
+        processor = RgbdImageProcessor(size=4, do_normalize=False)
+        half = np.full((4, 4, 3), 32768, np.uint16)
+        torch.testing.assert_close(processor(half)["pixel_values"], torch.full((1, 3, 4, 4), 32768 / 65535))
+        path = tmp_path / "grey16.png"
+        Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(path)
+        with Image.open(path) as png:
+            assert png.mode == "I;16"
+            torch.testing.assert_close(processor(png)["pixel_values"], torch.ones(1, 3, 4, 4))
+        # rescale_factor is per 8-bit unit: a custom one scales 16-bit images alike
+        out = RgbdImageProcessor(size=4, do_normalize=False, rescale_factor=2 / 255)(half)["pixel_values"]
+        torch.testing.assert_close(out, torch.full((1, 3, 4, 4), 2 * 32768 / 65535))
+
+    @pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "1", "CMYK", "I", "F"])
+    def test_pil_modes_match_transformers_convert_to_rgb(self, mode):
+        from transformers.image_transforms import convert_to_rgb
+
+        rng = np.random.default_rng(0)
+        rgba = Image.fromarray(rng.integers(0, 256, (5, 6, 4), dtype=np.uint8))
+        image = (
+            rgba.convert(mode)
+            if mode not in ("I", "F")
+            else Image.fromarray(rng.integers(0, 256, (5, 6)).astype(np.int32))
+        )
+        if mode == "F":
+            image = Image.fromarray(rng.random((5, 6)).astype(np.float32))
+        processor = RgbdImageProcessor(size={"height": 5, "width": 6}, do_normalize=False)
+        out = processor(image)["pixel_values"][0]
+        if mode in ("I", "F"):  # transformers cannot convert these; grey replicated, integers / 255
+            expected = np.asarray(image, dtype=np.float64)
+            expected = np.repeat(expected[None] / (255.0 if mode == "I" else 1.0), 3, axis=0)
+        else:
+            expected = convert_to_rgb(image, return_numpy=True).transpose(2, 0, 1) / 255.0
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+
+    @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+    def test_grey_and_rgba_arrays_match_transformers(self, dtype):
+        from transformers.image_transforms import convert_to_rgb
+
+        rng = np.random.default_rng(1)
+        full = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
+        processor = RgbdImageProcessor(size={"height": 5, "width": 6}, do_normalize=False)
+        for channels in (1, 4):
+            image = (rng.random((5, 6, channels)) * full).astype(dtype)
+            # transformers composites every integer dtype as if 8-bit; 16-bit alpha is taken over 65535 here
+            as_float = (image / full).astype(np.float32) if dtype == np.uint16 else image
+            expected = convert_to_rgb(as_float, return_numpy=True).astype(np.float64) / (
+                1 if dtype == np.uint16 else full
+            )
+            np.testing.assert_allclose(processor(image)["pixel_values"][0].numpy(), expected.transpose(2, 0, 1),
+                                       atol=1 / 255 if dtype == np.uint16 else 1e-6)  # fmt: skip
+            chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            torch.testing.assert_close(processor(chw)["pixel_values"], processor(image)["pixel_values"])
+        grey = (rng.random((5, 6)) * full).astype(dtype)
+        torch.testing.assert_close(processor(grey)["pixel_values"], processor(grey[..., None])["pixel_values"])
+
+    def test_negative_strides_and_float_widths(self):
+        rng = np.random.default_rng(2)
+        image = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        processor = RgbdImageProcessor(size={"height": 3, "width": 4})
+        for view in (image[..., ::-1], np.fliplr(image), np.flipud(image)):
+            torch.testing.assert_close(processor(view)["pixel_values"], processor(view.copy())["pixel_values"])
+        as_float = image.astype(np.float64) / 255
+        for dtype in (np.float16, np.float32, np.float64):
+            out = processor(as_float.astype(dtype))["pixel_values"]
+            torch.testing.assert_close(out, processor(as_float.astype(np.float32))["pixel_values"], atol=2e-3, rtol=0)
+        depth = ramp_depth(6, 8)
+        depth_processor = RgbdDepthProcessor()
+        for view in (np.fliplr(depth), depth[::-1]):
+            torch.testing.assert_close(
+                depth_processor(view)["depth_values"], depth_processor(view.copy())["depth_values"]
+            )
+        out = depth_processor(depth.astype(np.float16))["depth_values"]
+        torch.testing.assert_close(out, depth_processor(depth.astype(np.float16).astype(np.float32))["depth_values"])
+
+    def test_nested_lists_as_datasets_returns_them(self):
+        import datasets
+
+        rng = np.random.default_rng(3)
+        depth = ramp_depth(6, 8)
+        rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        features = datasets.Features(
+            {
+                "rgb": datasets.Array3D((6, 8, 3), "uint8"),
+                "depth": datasets.Array2D((6, 8), "float32"),
+                "intrinsics": datasets.Array2D((3, 3), "float32"),
+            }
+        )
+        ds = datasets.Dataset.from_dict({"rgb": [rgb] * 2, "depth": [depth] * 2, "intrinsics": [K] * 2}, features)
+        rows = ds[:2]  # nested Python lists, as `datasets` returns them
+        assert isinstance(rows["depth"][0], list) and isinstance(rows["intrinsics"][0][0], list)
+        processor = make_processor(size=(6, 8), representation="disparity")
+        got = processor(
+            images=rows["rgb"], depths=rows["depth"], intrinsics=rows["intrinsics"], return_intrinsics=True
+        )
+        expected = processor(images=[rgb] * 2, depths=[depth] * 2, intrinsics=K, return_intrinsics=True)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key])
+        one = processor(images=rows["rgb"][0], depths=rows["depth"][0], intrinsics=rows["intrinsics"][0])
+        torch.testing.assert_close(one["depth_values"], expected["depth_values"][:1])
+        with pytest.raises(ValueError, match="rectangular"):
+            processor(depths=[[1.0, 2.0], [3.0]])
+
+    def test_shared_intrinsics_as_nested_list(self):
+        processor = RgbdDepthProcessor(representation="disparity")
+        out = processor([ramp_depth()] * 3, intrinsics=K.tolist(), return_intrinsics=True)
+        assert out["intrinsics"].shape == (3, 3, 3)
+        torch.testing.assert_close(out["intrinsics"][2], torch.from_numpy(K))
+        with pytest.raises(ValueError, match="intrinsics"):
+            processor([ramp_depth()] * 2, intrinsics=[])
+
+    def test_sunrgbd_png_read_as_plain_is_an_error(self, tmp_path):
+        mm = (1200 + 10 * ramp_depth(16, 16) * 100).astype(np.uint16)  # 1.2 m and beyond
+        rotated = (((mm.astype(np.uint32) << 3) | (mm.astype(np.uint32) >> 13)) & 0xFFFF).astype(np.uint16)
+        path = tmp_path / "depth.png"
+        Image.fromarray(rotated).save(path)
+        with Image.open(path) as png, pytest.raises(ValueError, match='depth_encoding="sunrgbd"'):
+            RgbdDepthProcessor()(png)
+        decoded = RgbdDepthProcessor(depth_encoding="sunrgbd", max_depth=100.0)(rotated)["depth_values"] * 100
+        np.testing.assert_allclose(decoded[0, 0].numpy(), mm / 1000.0, rtol=1e-6)
+        plain = RgbdDepthProcessor(depth_encoding="plain")(rotated)  # explicit: no check
+        assert not bool(plain["depth_mask"].any())
+        # ordinary millimetre maps, even ones quantised to multiples of 8 within range, keep the default behaviour
+        for ordinary in (mm, (mm // 8 * 8 // 4).astype(np.uint16)):
+            default = RgbdDepthProcessor()(ordinary)
+            torch.testing.assert_close(
+                default["depth_values"], RgbdDepthProcessor(depth_encoding="plain")(ordinary)["depth_values"]
+            )
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"size": {"height": 12, "width": 12}},
+            {"size": {"shortest_edge": 12}, "do_center_crop": True, "crop_size": 8},
+            {"do_resize": False},
+            {"do_resize": False, "do_center_crop": True, "crop_size": (10, 20)},
+        ],
+    )
+    def test_aspect_ratio_check_on_every_geometry(self, kwargs):
+        processor = make_processor(size=(24, 32))
+        with pytest.raises(ValueError, match="allow_aspect_change"):
+            processor(images=np.zeros((48, 64, 3), np.uint8), depths=ramp_depth(48, 48), **kwargs)
+        out = processor(
+            images=np.zeros((48, 64, 3), np.uint8), depths=ramp_depth(48, 48), allow_aspect_change=True, **kwargs
+        )
+        assert out["depth_values"].shape[-2:] == out["pixel_values"].shape[-2:]
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: settings
+BAD_IMAGE_SETTINGS = [
+    ("image_mean", [0.5, math.nan, 0.5]),
+    ("image_mean", math.inf),
+    ("image_mean", "0.5"),
+    ("image_mean", [0.5, 0.5]),
+    ("image_std", [0.5, math.inf, 0.5]),
+    ("image_std", -0.5),
+    ("rescale_factor", math.nan),
+    ("rescale_factor", math.inf),
+    ("rescale_factor", -1 / 255),
+    ("rescale_factor", 0.0),
+    ("rescale_factor", "1/255"),
+    ("size", 0),
+    ("size", -4),
+    ("size", {"height": 223.7, "width": 224}),
+    ("size", {"shortest_edge": 0}),
+    ("size", "224"),
+    ("size", True),
+    ("crop_size", (0, 4)),
+    ("crop_size", [4, 4, 4]),
+    ("do_normalize", "no"),
+    ("do_rescale", 1),
+    ("resample", "bilinear"),
+    ("resample", 2.0),
+]
+BAD_DEPTH_SETTINGS = [
+    ("depth_mean", math.nan),
+    ("depth_mean", "2"),
+    ("depth_std", math.inf),
+    ("depth_std", -1.0),
+    ("baseline", math.nan),
+    ("baseline", math.inf),
+    ("min_depth", "0.1"),
+    ("max_depth", math.inf),
+    ("max_depth", math.nan),
+    ("depth_scale", math.nan),
+    ("depth_vocab_size", 8.5),
+    ("depth_vocab_size", math.inf),
+    ("depth_patch_size", True),
+    ("representation", ["metric"]),
+    ("depth_encoding", 1),
+]
+
+
+class TestSettings:
+    @pytest.mark.parametrize("name, value", BAD_IMAGE_SETTINGS)
+    def test_bad_image_setting_at_construction_per_call_and_from_json(self, name, value, tmp_path):
+        with pytest.raises(ValueError, match=name):
+            RgbdImageProcessor(**{name: value})
+        with pytest.raises(ValueError, match=name):
+            RgbdImageProcessor(size=4, crop_size=4)(np.zeros((8, 8, 3), np.uint8), **{name: value})
+        with pytest.raises(ValueError, match=name):
+            make_processor()(images=np.zeros((8, 8, 3), np.uint8), **{name: value})
+        self._bad_json(tmp_path, "image_processor", name, value)
+
+    @pytest.mark.parametrize("name, value", BAD_DEPTH_SETTINGS)
+    def test_bad_depth_setting_at_construction_and_from_json(self, name, value, tmp_path):
+        with pytest.raises(ValueError, match=name):
+            RgbdDepthProcessor(**{"depth_mean": 1.0, "depth_std": 1.0, name: value})
+        processor = RgbdDepthProcessor(depth_mean=1.0, depth_std=1.0)
+        setattr(processor, name, value)  # an assigned attribute is checked on the next call
+        with pytest.raises(ValueError, match=name):
+            processor(ramp_depth(4, 4))
+        self._bad_json(tmp_path, "depth_image_processor", name, value)
+
+    @staticmethod
+    def _bad_json(tmp_path, sub_processor, name, value):
+        import json
+
+        make_processor(size=(4, 4), depth_mean=1.0, depth_std=1.0).save_pretrained(tmp_path)
+        path = tmp_path / "processor_config.json"
+        config = json.loads(path.read_text())
+        config[sub_processor][name] = value
+        path.write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=name):
+            AutoProcessor.from_pretrained(tmp_path)
+
+    def test_depth_settings_are_canonical(self):
+        processor = RgbdDepthProcessor(min_depth=1, max_depth=np.float32(4.0), depth_vocab_size=8)
+        assert type(processor.min_depth) is float and type(processor.max_depth) is float
+        assert processor.depth_encoding is None and processor.to_dict().get("depth_encoding") is None
+
+    def test_hha_numeric_options(self):
+        from hf_rgbd.processors.depth_hha import compute_hha
+
+        depth, valid = torch.ones(1, 1, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool)
+        k = torch.tensor([[[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]]])
+        for name, value in [("lowest_point_quantile", "0.1"), ("lowest_point_quantile", math.nan),
+                            ("min_camera_height_m", math.inf), ("min_camera_height_m", None)]:  # fmt: skip
+            with pytest.raises(ValueError, match=name):
+                compute_hha(depth, valid, k, **{name: value})
+
+    @pytest.mark.parametrize(
+        "call, name",
+        [
+            (lambda: RgbdImageProcessor(size=4)(np.zeros((4, 4, 3), np.uint8), return_tensors="tf"), "return_tensors"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), return_tensors=3), "return_tensors"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), plans=3), "plans"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), plans=[(0, 0, 4, 4)]), "plans"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), output_size=2.5), "output_size"),
+            (lambda: RgbdDepthProcessor()(ramp_depth(4, 4), output_size=(4, 0)), "output_size"),
+        ],
+    )
+    def test_bad_call_arguments_are_named(self, call, name):
+        with pytest.raises(ValueError, match=name):
+            call()

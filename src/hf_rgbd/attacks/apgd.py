@@ -56,7 +56,7 @@ class APGD(RgbdAttack):
         **settings: Unpack[AttackSettings],
     ) -> None:
         super().__init__(model, budget, steps=steps, random_start=True, n_restarts=n_restarts, **settings)
-        if check_real(rho, "rho", maximum=1.0) == 0:
+        if check_real(rho, "rho", minimum=0.0, maximum=1.0) == 0:
             raise ValueError(f"`rho` must be in (0, 1], got {rho!r}.")
         self.rho = float(rho)
 

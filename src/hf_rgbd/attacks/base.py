@@ -77,7 +77,7 @@ def _check_budget_dict(values: Any, name: str, allowed: tuple[str, ...]) -> dict
     for key, value in values.items():
         if key not in allowed:
             raise ValueError(f"`{name}` names {key!r}; an attack perturbs only {allowed}.")
-        checked[key] = check_real(value, f"{name}[{key!r}]")
+        checked[key] = check_real(value, f"{name}[{key!r}]", minimum=0.0)
     return checked
 
 

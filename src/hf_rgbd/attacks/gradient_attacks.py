@@ -170,7 +170,7 @@ class MIFGSM(RgbdAttack):
         **settings: Unpack[AttackSettings],
     ) -> None:
         super().__init__(model, budget, alpha, steps=steps, random_start=False, **settings)
-        self.decay = check_real(decay, "decay")
+        self.decay = check_real(decay, "decay", minimum=0.0)
 
     def _attack_once(self, run: AttackRun) -> Iterate:
         space = run.space

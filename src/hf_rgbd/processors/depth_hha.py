@@ -36,7 +36,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation_rgbd import check_depth_mask, check_image_tensor, check_int, check_intrinsics, check_pinhole_values
+from .validation_rgbd import (
+    check_depth_mask,
+    check_image_tensor,
+    check_int,
+    check_intrinsics,
+    check_pinhole_values,
+    check_real,
+)
 
 __all__ = ["HHAComponents", "hha_components", "compute_hha"]
 
@@ -255,8 +262,9 @@ def hha_components(
     if check_int(normal_window, "normal_window", 3) % 2 == 0:
         raise ValueError(f"`normal_window` must be odd, got {normal_window!r}.")
     check_int(gravity_iterations, "gravity_iterations", 0)
-    if not 0.0 <= float(lowest_point_quantile) <= 1.0:
-        raise ValueError(f"lowest_point_quantile must be in [0, 1], got {lowest_point_quantile!r}")
+    if not 0.0 <= check_real(lowest_point_quantile, "lowest_point_quantile") <= 1.0:
+        raise ValueError(f"`lowest_point_quantile` must be in [0, 1], got {lowest_point_quantile!r}.")
+    min_camera_height_m = check_real(min_camera_height_m, "min_camera_height_m")
 
     depth, valid = _sanitize(depth_m, valid_mask)
     b = depth.shape[0]

@@ -15,13 +15,20 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from .depth_hha import compute_hha
 from .geometry_rgbd import ResizeCropPlan, nearest_indices, plan_resize_crop, transform_intrinsics
 from .validation_rgbd import (
+    FLOAT32_MAX,
+    RETURN_TENSORS,
+    array_to_tensor,
+    check_choice,
     check_depth_mask,
     check_flag,
     check_image_tensor,
+    check_int,
     check_intrinsics,
     check_pinhole_values,
+    check_real,
     flatten_batch,
-    is_number,
+    nested_list_depth,
+    nested_list_to_array,
 )
 
 # A map between metres and model values: (processor, safe, depth_mask, intrinsics) -> values, where `safe`
@@ -117,6 +124,9 @@ REPRESENTATIONS = tuple(DEPTH_REPRESENTATIONS)
 # Representations with an exact, differentiable inverse (what attacks need to state budgets in metres).
 INVERTIBLE_REPRESENTATIONS = tuple(name for name, rep in DEPTH_REPRESENTATIONS.items() if rep.to_metres is not None)
 DEPTH_ENCODINGS = ("plain", "sunrgbd")
+# Non-zero pixels an integer map needs before its values can tell that it is a SUN RGB-D PNG read as plain depth
+# (a plain map passes the multiple-of-8 test by chance with probability 8 ** -count).
+_SUNRGBD_MIN_PIXELS = 16
 IGNORE_INDEX = -100  # depth token of a patch without valid depth: ignored by cross-entropy
 
 ASPECT_TOLERANCE = 0.01  # relative difference of width/height ratios still taken as the same field of view
@@ -172,7 +182,9 @@ class RgbdDepthProcessor(BaseImageProcessor):
         representation (`str`, defaults to `"metric"`): one of `REPRESENTATIONS`.
         min_depth, max_depth (`float`, default to 0.1 and 10.0): valid range in metres.
         depth_scale (`float`, defaults to 0.001): metres per unit of integer depth; can be overridden per call.
-        depth_encoding (`str`, defaults to `"plain"`): `"plain"` or `"sunrgbd"`.
+        depth_encoding (`str`, *optional*): `"plain"` or `"sunrgbd"`. The default (None) reads integers as plain
+            depth units and raises a ValueError for integer maps whose values say they are SUN RGB-D PNGs (every
+            non-zero value a multiple of 8, most beyond `max_depth` once scaled); `"plain"` skips that check.
         depth_mean, depth_std (`float`, *optional*): statistics in metres for `representation="dataset"`.
         baseline (`float`, defaults to 0.075): stereo baseline in metres for `"disparity"` (0.075 Kinect).
         depth_vocab_size (`int`, *optional*): number of depth tokens; None disables tokens.
@@ -187,7 +199,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
         min_depth: float = 0.1,
         max_depth: float = 10.0,
         depth_scale: float = 0.001,
-        depth_encoding: str = "plain",
+        depth_encoding: str | None = None,
         depth_mean: float | None = None,
         depth_std: float | None = None,
         baseline: float = 0.075,
@@ -196,35 +208,49 @@ class RgbdDepthProcessor(BaseImageProcessor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if representation not in REPRESENTATIONS:
-            raise ValueError(f"`representation` must be one of {REPRESENTATIONS}, got {representation!r}.")
-        if not (0 < min_depth < max_depth < math.inf):
-            raise ValueError(
-                f"`min_depth` and `max_depth` must satisfy 0 < min_depth < max_depth < inf, got {min_depth} and "
-                f"{max_depth}."
-            )
-        if depth_encoding not in DEPTH_ENCODINGS:
-            raise ValueError(f"`depth_encoding` must be one of {DEPTH_ENCODINGS}, got {depth_encoding!r}.")
-        if representation == "dataset" and (depth_mean is None or depth_std is None):
-            raise ValueError('`representation="dataset"` needs `depth_mean` and `depth_std` (metres).')
-        if depth_std is not None and not depth_std > 0:
-            raise ValueError(f"`depth_std` must be positive, got {depth_std}.")
-        if not baseline > 0:
-            raise ValueError(f"`baseline` must be positive (metres), got {baseline}.")
-        if depth_vocab_size is not None and (int(depth_vocab_size) != depth_vocab_size or depth_vocab_size < 2):
-            raise ValueError(f"`depth_vocab_size` must be None or an integer >= 2, got {depth_vocab_size!r}.")
-        if int(depth_patch_size) != depth_patch_size or depth_patch_size < 1:
-            raise ValueError(f"`depth_patch_size` must be a positive integer, got {depth_patch_size!r}.")
         self.representation = representation
-        self.min_depth = float(min_depth)
-        self.max_depth = float(max_depth)
-        self.depth_scale = _check_depth_scale(depth_scale)
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.depth_scale = depth_scale
         self.depth_encoding = depth_encoding
-        self.depth_mean = None if depth_mean is None else float(depth_mean)
-        self.depth_std = None if depth_std is None else float(depth_std)
-        self.baseline = float(baseline)
-        self.depth_vocab_size = None if depth_vocab_size is None else int(depth_vocab_size)
-        self.depth_patch_size = int(depth_patch_size)
+        self.depth_mean = depth_mean
+        self.depth_std = depth_std
+        self.baseline = baseline
+        self.depth_vocab_size = depth_vocab_size
+        self.depth_patch_size = depth_patch_size
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Check every setting and store it in its canonical type (floats, ints); ValueError naming the setting.
+        Runs at construction (so also when loaded from JSON) and on each call, so an assigned attribute is checked
+        too."""
+        self.representation = check_choice(self.representation, "representation", REPRESENTATIONS)
+        self.depth_encoding = check_choice(self.depth_encoding, "depth_encoding", (None, *DEPTH_ENCODINGS))
+        self.min_depth = check_real(self.min_depth, "min_depth", positive=True)
+        self.max_depth = check_real(self.max_depth, "max_depth", positive=True)
+        if not self.min_depth < self.max_depth:
+            raise ValueError(
+                f"`min_depth` and `max_depth` must satisfy 0 < min_depth < max_depth < inf, got {self.min_depth} "
+                f"and {self.max_depth}."
+            )
+        self.depth_scale = _check_depth_scale(self.depth_scale)
+        if self.representation == "dataset" and (self.depth_mean is None or self.depth_std is None):
+            raise ValueError('`representation="dataset"` needs `depth_mean` and `depth_std` (metres).')
+        if self.depth_mean is not None:
+            self.depth_mean = check_real(self.depth_mean, "depth_mean")
+        if self.depth_std is not None:
+            self.depth_std = check_real(self.depth_std, "depth_std", positive=True)
+        if self.representation == "dataset":
+            farthest = max(abs(self.min_depth - self.depth_mean), abs(self.max_depth - self.depth_mean))
+            if not farthest / self.depth_std < FLOAT32_MAX:
+                raise ValueError(
+                    f"`depth_mean`={self.depth_mean} and `depth_std`={self.depth_std} send depths in [min_depth, "
+                    "max_depth] beyond float32's range."
+                )
+        self.baseline = check_real(self.baseline, "baseline", positive=True)
+        if self.depth_vocab_size is not None:
+            self.depth_vocab_size = check_int(self.depth_vocab_size, "depth_vocab_size", 2)
+        self.depth_patch_size = check_int(self.depth_patch_size, "depth_patch_size", 1)
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
@@ -259,8 +285,10 @@ class RgbdDepthProcessor(BaseImageProcessor):
         """Process one depth map or a batch.
 
         Args:
-            depths: a depth map or a list of them: numpy (H, W), torch (H, W), (1, H, W) or (B, 1, H, W), PIL
-                `F` / `I;16` / `I` / `L` images.
+            depths: a depth map or a list of them: numpy (H, W), (H, W, 1) or (1, H, W) (of any integer or float
+                dtype, negative-stride views included), torch (H, W), (1, H, W), (H, W, 1) or (B, 1, H, W), nested
+                lists (H, W) of numbers (as `datasets` returns Array2D columns), PIL `F` / `I;16` / `I` / `L` images.
+                A (1, W, 1) shape is a 1 x W map for numpy and nested lists, a W x 1 map for torch.
             intrinsics: (3, 3) pinhole matrix shared by the batch, (B, 3, 3), or a list of (3, 3), in the pixel
                 grid of each input depth map. Required for `"disparity"` and `"hha"`.
             plans: the RGB geometry to follow (what [`RgbdProcessor`] passes): one `ResizeCropPlan` per sample, or a
@@ -276,6 +304,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             `BatchFeature` with `depth_values` (B, C, H, W) float32 (C = 3 for HHA, else 1), `depth_mask`
             (B, 1, H, W) bool, and `depth_token_ids` (B, N_patches) long when `depth_vocab_size` is set.
         """
+        check_choice(return_tensors, "return_tensors", RETURN_TENSORS)
         depth_m, depth_mask, intrinsics_out = self.depth_in_metres(
             depths,
             intrinsics=intrinsics,
@@ -308,6 +337,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             depth_m (B, 1, H, W) float32 metres with 0 at holes, depth_mask (B, 1, H, W) bool, and the rescaled
             intrinsics (B, 3, 3) float32 (None when `intrinsics` is None).
         """
+        self.check_settings()
         allow_aspect_change = check_flag(allow_aspect_change, "allow_aspect_change")
         scale = self.depth_scale if depth_scale is None else _check_depth_scale(depth_scale)
         maps = to_depth_tensors(depths)
@@ -315,8 +345,13 @@ class RgbdDepthProcessor(BaseImageProcessor):
             plans = [plan_resize_crop(tuple(m.shape), _exact_size(output_size), None) for m in maps]
         elif callable(plans):
             plans = [plans(tuple(m.shape)) for m in maps]
-        else:
+        elif isinstance(plans, (list, tuple)) and all(isinstance(plan, ResizeCropPlan) for plan in plans):
             _check_follows_rgb(maps, plans, allow_aspect_change)
+        else:
+            raise ValueError(
+                f"`plans` must be None, a list of ResizeCropPlan (one per depth map) or a callable (height, width) -> "
+                f"ResizeCropPlan, got {type(plans).__name__}."
+            )
         output_sizes = {plan.output_size for plan in plans}
         if len(output_sizes) > 1:
             raise ValueError(
@@ -361,6 +396,8 @@ class RgbdDepthProcessor(BaseImageProcessor):
             return raw.to(torch.float32)
         if self.depth_encoding == "sunrgbd":
             raw = decode_sunrgbd_depth(raw)
+        elif self.depth_encoding is None:
+            _check_not_sunrgbd(raw, scale, self.max_depth)
         # float32 holds every 16-bit (and up to 24-bit) integer exactly; one rounding in the multiply.
         return raw.to(torch.float32).mul_(scale)
 
@@ -494,6 +531,26 @@ def depth_token_ids(
     return torch.where(torch.isnan(median), torch.full_like(ids, IGNORE_INDEX), ids)
 
 
+def _check_not_sunrgbd(raw: torch.Tensor, scale: float, max_depth: float) -> None:
+    """ValueError when integer maps `raw` (B, H, W) look like SUN RGB-D PNGs read as plain depth: at least
+    `_SUNRGBD_MIN_PIXELS` non-zero values, most of them beyond `max_depth` once scaled, and every one a multiple of
+    8 (millimetres rotated left by 3 bits). One host sync for the batch. The range test reads every 4th row and
+    column, and the multiple-of-8 test (on every pixel) runs only on maps that are mostly out of range, so ordinary
+    data pays two comparisons on 1/16 of its pixels."""
+    sample = raw[:, ::4, ::4].to(torch.int32).flatten(1)
+    nonzero = (sample != 0).sum(dim=1)
+    beyond = (sample > math.floor(max_depth / scale)).sum(dim=1)
+    suspects = ((nonzero >= _SUNRGBD_MIN_PIXELS) & (2 * beyond > nonzero)).nonzero().flatten().tolist()
+    for index in suspects:
+        if not bool((raw[index].to(torch.int32) & 7).any()):
+            raise ValueError(
+                f"`depths[{index}]` looks like a SUN RGB-D depth PNG read as plain depth: every non-zero value is a "
+                f"multiple of 8 and most are beyond max_depth={max_depth} m once scaled. Pass "
+                '`depth_encoding="sunrgbd"` to undo its 3-bit rotation, or `depth_encoding="plain"` if these '
+                "values are plain depth units."
+            )
+
+
 def decode_sunrgbd_depth(raw: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Undo SUN RGB-D's PNG encoding: millimetres rotated left by 3 bits in 16 bits. Returns int64 millimetres."""
     raw = torch.as_tensor(raw).to(torch.int64)
@@ -504,10 +561,12 @@ def decode_sunrgbd_depth(raw: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def to_depth_tensors(depths: Any) -> list[torch.Tensor]:
     """Flatten `depths` into a list of 2-D tensors (H, W) in their original dtype, checking shapes and signs."""
-    return flatten_batch(depths, "depths", "depth map", _depth_to_tensors)
+    return flatten_batch(depths, "depths", "depth map", _depth_to_tensors, item_nesting=2)
 
 
 def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
+    if isinstance(depth, (list, tuple)):  # one map as a nested list (H, W), as `datasets` returns Array2D columns
+        depth = nested_list_to_array(depth, name)
     if isinstance(depth, Image.Image):
         if depth.mode == "F":
             depth = np.asarray(depth, dtype=np.float32)
@@ -518,14 +577,9 @@ def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
                 f"`{name}` is a PIL image in mode {depth.mode!r}; depth images must be single-channel: 'F' (metres), "
                 "'I;16' / 'I' / 'L' (integer units times depth_scale)."
             )
-    if isinstance(depth, np.ndarray):
-        if depth.dtype == object or depth.dtype.kind not in "uif":
-            raise ValueError(f"`{name}` must hold integer or float depth, got dtype {depth.dtype}.")
-        if depth.dtype.byteorder not in ("=", "|") or not depth.flags.writeable:
-            depth = depth.astype(depth.dtype.newbyteorder("="), copy=True)
-        if depth.dtype == np.uint32 or depth.dtype == np.uint64:
-            depth = depth.astype(np.int64)
-        depth = torch.from_numpy(depth)
+    channels_last = isinstance(depth, np.ndarray)  # numpy (1, W, 1) is a 1 x W map, torch (1, H, 1) an H x 1 map
+    if channels_last:
+        depth = array_to_tensor(depth, name)
     if not isinstance(depth, torch.Tensor):
         raise ValueError(f"`{name}` must be a numpy array, a torch tensor or a PIL image, got {type(depth).__name__}.")
     if depth.dtype == torch.bool or depth.is_complex():
@@ -533,10 +587,10 @@ def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
     depth = depth.detach()
     if depth.ndim == 2:
         maps = [depth]
+    elif depth.ndim == 3 and depth.shape[-1] == 1 and (channels_last or depth.shape[0] != 1):
+        maps = [depth[..., 0]]
     elif depth.ndim == 3 and depth.shape[0] == 1:
         maps = [depth[0]]
-    elif depth.ndim == 3 and depth.shape[-1] == 1:
-        maps = [depth[..., 0]]
     elif depth.ndim == 4 and depth.shape[1] == 1:
         maps = list(depth[:, 0].unbind(0))
     else:
@@ -557,11 +611,16 @@ def _depth_to_tensors(depth: Any, name: str) -> list[torch.Tensor]:
 
 
 def _intrinsics_list(intrinsics: Any, batch_size: int) -> list[torch.Tensor]:
-    if isinstance(intrinsics, (list, tuple)) and not isinstance(intrinsics[0], (int, float)):
-        matrices = [torch.as_tensor(np.asarray(k), dtype=torch.float64) for k in intrinsics]
+    """One float64 (3, 3) matrix per depth map from a (3, 3) matrix shared by the batch, a (B, 3, 3) array, or a
+    list of (3, 3) matrices (arrays, tensors or nested lists)."""
+    if nested_list_depth(intrinsics) in (2, 3):  # nested lists of numbers: one (3, 3) or a (B, 3, 3)
+        intrinsics = nested_list_to_array(intrinsics, "intrinsics")
+    if isinstance(intrinsics, (list, tuple)):
+        if not intrinsics:
+            raise ValueError("`intrinsics` is an empty list; pass one (3, 3) matrix per depth map.")
+        matrices = [_intrinsics_tensor(k, f"intrinsics[{index}]") for index, k in enumerate(intrinsics)]
     else:
-        tensor = torch.as_tensor(np.asarray(intrinsics) if not isinstance(intrinsics, torch.Tensor) else intrinsics)
-        tensor = tensor.to(torch.float64)
+        tensor = _intrinsics_tensor(intrinsics, "intrinsics")
         if tensor.shape == (3, 3):
             matrices = [tensor] * batch_size
         elif tensor.ndim == 3 and tensor.shape[1:] == (3, 3):
@@ -570,11 +629,22 @@ def _intrinsics_list(intrinsics: Any, batch_size: int) -> list[torch.Tensor]:
             raise ValueError(f"`intrinsics` must be (3, 3), (B, 3, 3) or a list of (3, 3), got {tuple(tensor.shape)}.")
     if len(matrices) != batch_size:
         raise ValueError(f"`intrinsics` has {len(matrices)} matrices for {batch_size} depth maps.")
-    for k in matrices:
+    for index, k in enumerate(matrices):
         if k.shape != (3, 3):
-            raise ValueError(f"each `intrinsics` matrix must be 3x3, got {tuple(k.shape)}.")
+            raise ValueError(f"each `intrinsics` matrix must be 3x3, got {tuple(k.shape)} at index {index}.")
     check_pinhole_values(torch.stack(matrices))
     return matrices
+
+
+def _intrinsics_tensor(value: Any, name: str) -> torch.Tensor:
+    """`value` (a tensor, an array or a nested list of numbers) as a float64 tensor; ValueError naming `name`."""
+    if isinstance(value, (list, tuple)):
+        value = nested_list_to_array(value, name)
+    if isinstance(value, np.ndarray):
+        value = array_to_tensor(value, name)
+    if not isinstance(value, torch.Tensor) or value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"`{name}` must be a real (3, 3) matrix (array, tensor or nested list), got {value!r}.")
+    return value.detach().to(torch.float64)
 
 
 def _standardise_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -591,15 +661,13 @@ def _standardise_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def _check_depth_scale(depth_scale: Any) -> float:
-    if not is_number(depth_scale) or not 0 < depth_scale < math.inf:
-        raise ValueError(f"`depth_scale` must be a positive number of metres per unit, got {depth_scale!r}.")
-    return float(depth_scale)
+    return check_real(depth_scale, "depth_scale", positive=True)
 
 
 def _exact_size(output_size: Any) -> dict[str, int] | None:
     if output_size is None:
         return None
-    height, width = (output_size, output_size) if isinstance(output_size, int) else output_size
-    if int(height) < 1 or int(width) < 1:
-        raise ValueError(f"`output_size` must be positive (height, width), got {output_size!r}.")
-    return {"height": int(height), "width": int(width)}
+    pair = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise ValueError(f"`output_size` must be a positive int or a (height, width) pair, got {output_size!r}.")
+    return {"height": check_int(pair[0], "output_size[0]", 1), "width": check_int(pair[1], "output_size[1]", 1)}

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.image_processing_base import ImageProcessingMixin
@@ -15,7 +13,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from .depth_processing_rgbd import RgbdDepthProcessor
 from .image_processing_rgbd import RgbdImageProcessor
-from .validation_rgbd import check_flag
+from .validation_rgbd import check_flag, nested_list_depth, nested_list_to_array
 
 _IMAGE_KWARGS = (
     "do_resize",
@@ -201,38 +199,15 @@ class RgbdProcessor(ProcessorMixin):
         return self.image_processor.model_input_names + self.depth_image_processor.model_input_names
 
 
-def _nesting(value: Any) -> int:
-    """How many list / tuple levels lead from `value` to a scalar (a number, or a string or None to reject on
-    conversion), following first elements; 0 if `value` is no nested list of scalars (an image, an array, ...)."""
-    depth = 0
-    while isinstance(value, (list, tuple)) and value:
-        value, depth = value[0], depth + 1
-    is_scalar = value is None or isinstance(value, (numbers.Number, str, bytes))
-    return depth if is_scalar else 0
-
-
-def _nested_array(value: list | tuple, name: str) -> np.ndarray:
-    """A nested list of numbers as a numpy array; ValueError naming `name` for ragged lists or non-numbers."""
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        raise ValueError(
-            f"`{name}` must be nested lists of numbers with a regular shape (rows of equal length)."
-        ) from None
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"`{name}` must be nested lists of numbers, got elements of dtype {array.dtype}.")
-    return array
-
-
 def _is_one_matrix(value: list | tuple) -> bool:
     """Whether a nested list is one 2-D item: a depth map (H, W) or a (3, 3) camera matrix."""
-    return _nesting(value) == 2
+    return nested_list_depth(value) == 2
 
 
 def _is_one_image(value: list | tuple) -> bool:
     """Whether a nested list is one image: (H, W) grey, or (H, W, 3) (its first pixel holds three values; a list of
     (H, W) grey images otherwise)."""
-    nesting = _nesting(value)
+    nesting = nested_list_depth(value)
     return nesting == 2 or (nesting == 3 and len(value[0][0]) == 3)
 
 
@@ -244,9 +219,12 @@ def _batch_structure(inputs: Any, name: str, is_item: Callable[[list | tuple], b
         inputs = list(inputs)
     if not isinstance(inputs, (list, tuple)):
         return inputs
-    if _nesting(inputs) and is_item(inputs):
-        return _nested_array(inputs, name)
-    return [_nested_array(item, f"{name}[{index}]") if _nesting(item) else item for index, item in enumerate(inputs)]
+    if nested_list_depth(inputs) and is_item(inputs):
+        return nested_list_to_array(inputs, name)
+    return [
+        nested_list_to_array(item, f"{name}[{index}]") if nested_list_depth(item) else item
+        for index, item in enumerate(inputs)
+    ]
 
 
 def processor_from_vision_pretrained(
