@@ -81,8 +81,8 @@ def fusion_probe(
         log: called with progress lines.
         num_threads: at most this many torch threads for the whole probe (restored afterwards); None keeps torch's
             setting. The probe's ops are small: with another process busy on a core, one thread trains several
-            times faster than two, and on an idle 2-core machine at most ~1.3x slower. The thread count is part of
-            the result: training with another count gives (slightly) different accuracies.
+            times faster than two (`scripts/benchmark_threads.py`). The thread count is part of the result:
+            oneDNN's convolution gradients round differently with another count, and the accuracies differ.
         disable_tqdm: True hides the training and evaluation progress bars (see [`train_classifier`]).
 
     Returns:
