@@ -30,7 +30,7 @@ def main() -> None:
 
     def run(seed: int) -> tuple[float, float]:
         start, cpu_start = time.perf_counter(), time.process_time()
-        ds = make_synthetic_rgbd(args.samples, 0, 0, image_size=args.image_size, seed=seed)
+        ds = make_synthetic_rgbd(args.samples, 0, 0, image_size=args.image_size, seed=seed, num_threads=args.threads)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         assert ds["train"].num_rows == args.samples
         return args.samples / wall, args.samples / cpu

@@ -5,7 +5,7 @@ hyper-parameters and seed on RGB only, depth only and RGB + depth (`hf_rgbd.eval
 logistic regression on per-image colour / depth statistics (`statistics_linear_probe`). Prints a table of test
 accuracies and the run time.
 
-Usage: .venv/bin/python scripts/probe_synthetic.py [--epochs 60] [--threads 2] [--seed 0] [--data-seed 0]
+Usage: .venv/bin/python scripts/probe_synthetic.py [--epochs 60] [--threads 1] [--seed 0] [--data-seed 0]
 """
 
 from __future__ import annotations
@@ -20,25 +20,28 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--data-seed", type=int, default=0, help="make_synthetic_rgbd seed")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (fusion_probe's num_threads)")
     parser.add_argument("--modalities", nargs="+", default=["rgb", "depth", "rgbd"], choices=["rgb", "depth", "rgbd"])
     parser.add_argument("--verbose", action="store_true", help="print every epoch")
     args = parser.parse_args()
-    import torch
 
     from hf_rgbd.data import make_synthetic_rgbd
     from hf_rgbd.evaluation import fusion_probe, statistics_linear_probe
 
-    torch.set_num_threads(args.threads)
     start, cpu_start = time.perf_counter(), time.process_time()
-    dataset = make_synthetic_rgbd(seed=args.data_seed)
+    dataset = make_synthetic_rgbd(seed=args.data_seed, num_threads=args.threads)
     print(
         f"generated {', '.join(f'{k}={v.num_rows}' for k, v in dataset.items())} in {time.perf_counter() - start:.1f} s"
     )
     linear = statistics_linear_probe(dataset)
     print(f"linear probe on RGB / depth mean + std: test accuracy {linear:.4f}", flush=True)
     results = fusion_probe(
-        dataset, args.modalities, epochs=args.epochs, seed=args.seed, log=print if args.verbose else None
+        dataset,
+        args.modalities,
+        epochs=args.epochs,
+        seed=args.seed,
+        log=print if args.verbose else None,
+        num_threads=args.threads,
     )
     print(f"\n{'input':<42} {'test acc':>8} {'val acc':>8} {'best epoch':>10} {'train time':>10}")
     print(f"{'logistic regression on RGB/depth mean+std':<42} {100 * linear:7.2f}%")
@@ -50,7 +53,7 @@ def main() -> None:
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
         f"total runtime {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu_start:.0f} s CPU "
-        f"(torch threads={torch.get_num_threads()}, epochs={args.epochs}; load average now {load})"
+        f"(torch threads={args.threads}, epochs={args.epochs}; load average now {load})"
     )
 
 

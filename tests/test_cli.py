@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+import hf_rgbd
 from hf_rgbd.cli import main
 from hf_rgbd.processors import REPRESENTATIONS
 
@@ -31,6 +33,22 @@ def test_demo_runs_the_fusion_probe(capsys, monkeypatch):
     for label in ("RGB only", "depth only", "RGB + depth"):
         assert label in out
     assert out.count("test accuracy") == 3
+
+
+def test_demo_progress_bars_threads_and_no_progress(capsys):
+    was_disabled, threads = hf_rgbd.are_progress_bars_disabled(), torch.get_num_threads()
+    hf_rgbd.enable_progress_bars()
+    try:
+        assert main(["demo", "--num-pairs", "2", "--probe-epochs", "0", "--threads", "2"]) == 0
+        assert "Rendering synthetic RGB-D scenes" in capsys.readouterr().err
+        assert main(["demo", "--num-pairs", "2", "--probe-epochs", "0", "--no-progress"]) == 0
+        assert "Rendering" not in capsys.readouterr().err
+        assert not hf_rgbd.are_progress_bars_disabled()  # the switch was scoped to the command
+        assert torch.get_num_threads() == threads
+        with pytest.raises(ValueError, match="--threads"):
+            main(["demo", "--num-pairs", "2", "--probe-epochs", "0", "--threads", "0"])
+    finally:
+        (hf_rgbd.disable_progress_bars if was_disabled else hf_rgbd.enable_progress_bars)()
 
 
 def test_unknown_command_exits():

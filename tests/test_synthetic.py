@@ -199,6 +199,7 @@ def test_render_accepts_generator_and_seed():
         ({"image_size": 4}, "image_size"),
         ({"seed": "zero"}, "seed"),
         ({"seed": -1}, "seed"),
+        ({"num_threads": 0}, "num_threads"),
     ],
 )
 def test_bad_arguments(kwargs, match):

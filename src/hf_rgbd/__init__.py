@@ -22,6 +22,7 @@ from .processors import (
     RgbdProcessorConfig,
 )
 from .registration import register_auto_classes
+from .utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 __version__ = "0.1.0.dev0"
 
@@ -50,6 +51,9 @@ __all__ = [
     "RgbdImageProcessor",
     "RgbdProcessor",
     "RgbdProcessorConfig",
+    "are_progress_bars_disabled",
+    "disable_progress_bars",
+    "enable_progress_bars",
     "register_auto_classes",
 ]
 

@@ -11,7 +11,22 @@ import torch
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Generate a few RGB-D pairs and process them in every depth representation, printing what came out."""
+    """Generate a few RGB-D pairs and process them in every depth representation, printing what came out; then
+    run the fusion probe. At most `--threads` torch threads throughout (restored afterwards)."""
+    from .utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, torch_thread_limit
+
+    bars_were_disabled = are_progress_bars_disabled()
+    if args.no_progress:
+        disable_progress_bars()
+    try:
+        with torch_thread_limit(args.threads, "--threads"):
+            return _demo(args)
+    finally:
+        if not bars_were_disabled:
+            enable_progress_bars()
+
+
+def _demo(args: argparse.Namespace) -> int:
     from .data import make_synthetic_rgbd
     from .processors import (
         INVERTIBLE_REPRESENTATIONS,
@@ -24,7 +39,12 @@ def demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # the demo is a program of its own: seeding the global RNG here is fine
     start = time.perf_counter()
     dataset = make_synthetic_rgbd(
-        num_train=args.num_pairs, num_validation=1, num_test=1, image_size=args.image_size, seed=args.seed
+        num_train=args.num_pairs,
+        num_validation=1,
+        num_test=1,
+        image_size=args.image_size,
+        seed=args.seed,
+        num_threads=args.threads,
     )["train"]
     images = [example["image"] for example in dataset]
     depths = [np.asarray(example["depth"], dtype=np.float32) for example in dataset]
@@ -89,15 +109,16 @@ def _probe(args: argparse.Namespace) -> None:
     from .evaluation import fusion_probe, statistics_linear_probe
 
     start = time.perf_counter()
-    dataset = make_synthetic_rgbd(seed=args.seed)
+    dataset = make_synthetic_rgbd(seed=args.seed, num_threads=args.threads)
     sizes = ", ".join(f"{name} {split.num_rows}" for name, split in dataset.items())
     print(f"\nGenerated make_synthetic_rgbd(seed={args.seed}): {sizes} in {time.perf_counter() - start:.1f} s")
     print(f"Logistic regression on per-image RGB / depth mean and std: {statistics_linear_probe(dataset):.1%} test")
     print(
         f"Fusion probe: RgbdCnnForImageClassification (RgbdCnnConfig.small(), early fusion for RGB-D), the same "
-        f"{args.probe_epochs} epochs and seed for each input (a few minutes on 2 CPU cores) ..."
+        f"{args.probe_epochs} epochs and seed for each input, {args.threads} torch thread(s) (a few minutes on 2 CPU "
+        "cores) ..."
     )
-    results = fusion_probe(dataset, epochs=args.probe_epochs, seed=args.seed)
+    results = fusion_probe(dataset, epochs=args.probe_epochs, seed=args.seed, num_threads=args.threads)
     labels = {"rgb": "RGB only", "depth": "depth only", "rgbd": "RGB + depth"}
     for modality, result in results.items():
         print(
@@ -121,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--depth-patch-size", type=int, default=8)
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.add_argument("--probe-epochs", type=int, default=60, help="epochs of the fusion probe (0 skips it)")
+    demo_parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="at most this many torch threads (default 1: the demo's ops are small, and one thread runs them "
+        "fastest when another process keeps a core busy; the probe's accuracies depend on it)",
+    )
+    demo_parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (as HF_RGBD_DISABLE_PROGRESS_BARS=1)"
+    )
     demo_parser.set_defaults(handler=demo)
     return parser
 

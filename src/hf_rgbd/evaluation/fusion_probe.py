@@ -63,6 +63,8 @@ def fusion_probe(
     seed: int = 0,
     config_overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    num_threads: int | None = 1,
+    disable_tqdm: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train the probe classifier once per entry of `modalities` and measure its test accuracy.
 
@@ -77,10 +79,36 @@ def fusion_probe(
         epochs, seed: passed to [`train_classifier`]; `seed` also seeds the weight initialisation.
         config_overrides: extra `RgbdCnnConfig` fields for every probe.
         log: called with progress lines.
+        num_threads: at most this many torch threads for the whole probe (restored afterwards); None keeps torch's
+            setting. The probe's ops are small: with another process busy on a core, one thread trains several
+            times faster than two (`scripts/benchmark_threads.py`). The thread count is part of the result:
+            oneDNN's convolution gradients round differently with another count, and the accuracies differ.
+        disable_tqdm: True hides the training and evaluation progress bars (see [`train_classifier`]).
 
     Returns:
         `{modality: {"test_accuracy", "validation_accuracy", "best_epoch", "train_seconds"}}`.
     """
+    from ..utils import torch_thread_limit
+
+    unknown = [m for m in modalities if m not in PROBE_MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(
+            f"`modalities` must be a non-empty sequence drawn from {PROBE_MODALITIES}, got {modalities!r}."
+        )
+    with torch_thread_limit(num_threads, "num_threads"):
+        return _run_fusion_probe(dataset, modalities, epochs, seed, config_overrides, log, disable_tqdm)
+
+
+def _run_fusion_probe(
+    dataset: Any,
+    modalities: Sequence[str],
+    epochs: int,
+    seed: int,
+    config_overrides: dict[str, Any] | None,
+    log: Callable[[str], None] | None,
+    disable_tqdm: bool | None,
+) -> dict[str, dict[str, float]]:
+    """[`fusion_probe`] after its argument checks, inside its thread limit."""
     from ..data.splits import split_to_tensors
     from ..processors import RgbdDepthProcessor, RgbdImageProcessor, RgbdProcessor
     from ..training.classification import (
@@ -90,11 +118,6 @@ def fusion_probe(
         train_cnn_classifier,
     )
 
-    unknown = [m for m in modalities if m not in PROBE_MODALITIES]
-    if unknown or not modalities:
-        raise ValueError(
-            f"`modalities` must be a non-empty sequence drawn from {PROBE_MODALITIES}, got {modalities!r}."
-        )
     height, width = np.asarray(dataset["train"][0]["depth"]).shape
     processor = RgbdProcessor(
         RgbdImageProcessor(size={"height": height, "width": width}), RgbdDepthProcessor(representation="metric")
@@ -118,9 +141,10 @@ def fusion_probe(
             memory_format=torch.channels_last,
             epochs=epochs,
             log=(lambda line, prefix=prefix: log(prefix + line)) if log is not None else None,
+            disable_tqdm=disable_tqdm,
         )
         results[modality] = {
-            "test_accuracy": classification_accuracy(model, *splits["test"]),
+            "test_accuracy": classification_accuracy(model, *splits["test"], disable_tqdm=disable_tqdm),
             "validation_accuracy": training.best_validation_accuracy,
             "best_epoch": training.best_epoch,
             "train_seconds": training.train_seconds,

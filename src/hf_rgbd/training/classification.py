@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.augmentation import random_flip_shift
 from ..processors.validation_rgbd import check_int, is_number
+from ..utils import progress_bar
 
 INPUT_KEYS = ("pixel_values", "depth_values", "depth_mask")
 #: the model inputs each value of the shared `modalities` config field reads
@@ -62,16 +63,25 @@ def to_channels_last(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 @torch.no_grad()
 def classification_accuracy(
-    model: nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, batch_size: int = 250
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    batch_size: int = 250,
+    disable_tqdm: bool | None = None,
 ) -> float:
     """Top-1 accuracy of `model(**inputs).logits` against `labels` (N,), in eval mode (the caller's mode is
-    restored), `batch_size` samples per forward."""
+    restored), `batch_size` samples per forward. A progress bar counts the samples (`disable_tqdm=True` or
+    `hf_rgbd.disable_progress_bars()` turn it off)."""
+    check_int(batch_size, "batch_size", 1)
     was_training = model.training
     model.eval()
     correct = 0
-    for start in range(0, labels.shape[0], batch_size):
-        batch = {key: value[start : start + batch_size] for key, value in inputs.items()}
-        correct += int((model(**batch).logits.argmax(-1) == labels[start : start + batch_size]).sum())
+    bar = progress_bar(total=labels.shape[0], desc="Evaluating", unit="sample", leave=False, disable_tqdm=disable_tqdm)
+    with bar:
+        for start in range(0, labels.shape[0], batch_size):
+            batch = {key: value[start : start + batch_size] for key, value in inputs.items()}
+            correct += int((model(**batch).logits.argmax(-1) == labels[start : start + batch_size]).sum())
+            bar.update(min(batch_size, labels.shape[0] - start))
     model.train(was_training)
     return correct / max(labels.shape[0], 1)
 
@@ -91,6 +101,7 @@ def train_classifier(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     max_grad_norm: float | None = None,
+    disable_tqdm: bool | None = None,
 ) -> ClassifierTrainingResult:
     """Train `model` in place with AdamW and a one-cycle learning-rate schedule, keeping the best validation epoch.
 
@@ -108,6 +119,8 @@ def train_classifier(
         log: called with one line per epoch (e.g. `print`).
         max_grad_norm: clip the gradients' global norm to this value before each step (as the Trainer's
             `max_grad_norm`); None (the default) does not clip.
+        disable_tqdm: True hides the progress bar over the training steps (as `TrainingArguments.disable_tqdm`);
+            `hf_rgbd.disable_progress_bars()` or `HF_RGBD_DISABLE_PROGRESS_BARS=1` hide it everywhere.
 
     Returns:
         [`ClassifierTrainingResult`]; the model is left in eval mode.
@@ -133,7 +146,8 @@ def train_classifier(
     generator = torch.Generator().manual_seed(seed)
     result = ClassifierTrainingResult()
     best_state = None
-    with torch.random.fork_rng(devices=[]):
+    bar = progress_bar(total=epochs * steps_per_epoch, desc="Training", unit="step", disable_tqdm=disable_tqdm)
+    with torch.random.fork_rng(devices=[]), bar:
         torch.manual_seed(seed)
         for epoch in range(1, epochs + 1):
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -153,17 +167,21 @@ def train_classifier(
                 optimizer.step()
                 schedule.step()
                 loss_sum += float(loss.detach()) * index.shape[0]
+                bar.update()
             result.train_seconds += time.perf_counter() - start
             result.train_cpu_seconds += time.process_time() - cpu_start
             result.loss_history.append(loss_sum / count)
             line = f"epoch {epoch}/{epochs}: loss {loss_sum / count:.4f}"
+            postfix = {"epoch": epoch, "loss": f"{loss_sum / count:.4f}"}
             if validation_inputs is not None:
-                accuracy = classification_accuracy(model, validation_inputs, validation_labels)
+                accuracy = classification_accuracy(model, validation_inputs, validation_labels, disable_tqdm=True)
                 result.validation_history.append(accuracy)
                 line += f", validation accuracy {accuracy:.4f}"
+                postfix["validation accuracy"] = f"{accuracy:.4f}"
                 if result.best_validation_accuracy is None or accuracy > result.best_validation_accuracy:
                     result.best_validation_accuracy, result.best_epoch = accuracy, epoch
                     best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(postfix, refresh=False)
             if log is not None:
                 log(line)
     if best_state is not None:
