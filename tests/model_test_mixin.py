@@ -64,6 +64,25 @@ def assert_outputs_close(actual: Any, expected: Any, atol: float = 1e-5, rtol: f
             assert torch.equal(actual_flat[key], value), f"{what} {key} differs"
 
 
+def run_in_fresh_process(
+    script: str, arguments: list[str], tmp_path: Path, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -c script *arguments` in `tmp_path` with an empty PYTHONPATH, offline, with its own remote-code
+    module cache (the script itself hides hf_rgbd with `sys.modules["hf_rgbd"] = None`)."""
+    env = dict(os.environ)
+    env.update(
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH="",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *arguments], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
 def accepts_labels(model_class: type) -> bool:
     return "labels" in inspect.signature(model_class.forward).parameters
 
@@ -225,22 +244,7 @@ class RgbdModelTestMixin:
             "            flat.update(flatten(value, f'{prefix}.{key}' if prefix else key))\n"
             "    return flat\n"
         )
-        env = dict(os.environ)
-        env.update(
-            HF_MODULES_CACHE=str(tmp_path / "modules"),
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_VERBOSITY="error",
-            OMP_NUM_THREADS="1",
-            PYTHONPATH="",
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", script, json.dumps(jobs), str(helper)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = run_in_fresh_process(script, [json.dumps(jobs), str(helper)], tmp_path, timeout=300)
         assert result.returncode == 0 and "REMOTE-OK" in result.stdout, result.stderr[-4000:]
 
     def test_auto_classes_round_trip(self, tmp_path: Path) -> None:

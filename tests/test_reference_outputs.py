@@ -9,15 +9,13 @@ in the last bits because an operation order changed, and asserts that every othe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import reference_cases as cases
 import torch
+from model_test_mixin import run_in_fresh_process
 from safetensors.torch import load_file
 
 torch.set_num_threads(1)
@@ -137,20 +135,5 @@ def test_resaved_folders_load_as_remote_code_without_package(tmp_path: Path, ref
         print("REMOTE-OK", len(json.loads(sys.argv[1])))
         """
     )
-    env = dict(os.environ)
-    env.update(
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_VERBOSITY="error",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH="",
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(jobs), str(Path(__file__).parent)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_in_fresh_process(script, [json.dumps(jobs), str(Path(__file__).parent)], tmp_path, timeout=600)
     assert result.returncode == 0 and f"REMOTE-OK {len(jobs)}" in result.stdout, result.stderr[-4000:]
