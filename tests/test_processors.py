@@ -771,3 +771,15 @@ class TestSettings:
     def test_bad_call_arguments_are_named(self, call, name):
         with pytest.raises(ValueError, match=name):
             call()
+
+
+def test_numpy_integer_sizes_are_ints_and_return_tensors_is_checked():
+    # numpy integers (e.g. read from an array of sizes) are valid sizes and are stored as Python ints
+    processor = RgbdProcessor(RgbdImageProcessor(size={"height": np.int64(16), "width": np.int32(12)}))
+    batch = processor(images=np.zeros((20, 15, 3), np.uint8))
+    assert batch["pixel_values"].shape == (1, 3, 16, 12)
+    assert all(type(side) is int for side in processor.image_processor.size.values())
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(images=np.zeros((20, 15, 3), np.uint8), return_tensors="tf")
+    with pytest.raises(ValueError, match="size"):
+        RgbdImageProcessor(size={"height": np.bool_(True), "width": 12})

@@ -13,7 +13,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from .depth_processing_rgbd import RgbdDepthProcessor
 from .image_processing_rgbd import RgbdImageProcessor
-from .validation_rgbd import check_flag, nested_list_depth, nested_list_to_array
+from .validation_rgbd import RETURN_TENSORS, check_choice, check_flag, nested_list_depth, nested_list_to_array
 
 _IMAGE_KWARGS = (
     "do_resize",
@@ -164,6 +164,7 @@ class RgbdProcessor(ProcessorMixin):
             raise TypeError(f"RgbdProcessor got unexpected keyword arguments {sorted(unknown)}.")
         if images is None and depths is None:
             raise ValueError("pass `images`, `depths` or both.")
+        check_choice(return_tensors, "return_tensors", RETURN_TENSORS)
         images = _batch_structure(images, "images", is_item=_is_one_image)
         depths = _batch_structure(depths, "depths", is_item=_is_one_matrix)
         intrinsics = _batch_structure(intrinsics, "intrinsics", is_item=_is_one_matrix)

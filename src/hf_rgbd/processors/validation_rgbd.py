@@ -41,10 +41,11 @@ def is_number(value: Any) -> bool:
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:
-    """`value` unchanged if it is an int (not a bool) >= `minimum`; ValueError naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """`value` as an int if it is a Python or numpy integer (not a bool) >= `minimum`; ValueError naming `name`
+    otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
+    return int(value)
 
 
 def is_real_number(value: Any) -> bool:
