@@ -6,6 +6,12 @@ Importing the package registers its configurations, processors and models with t
 from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, RgbdAttack
 from .evaluation import evaluate_robustness
 from .modeling import (
+    RgbdAlbefConfig,
+    RgbdAlbefForDepthCompletion,
+    RgbdAlbefForImageClassification,
+    RgbdAlbefForPreTraining,
+    RgbdAlbefForRgbdMatching,
+    RgbdAlbefModel,
     RgbdClipConfig,
     RgbdClipForImageClassification,
     RgbdClipModel,
@@ -39,6 +45,12 @@ __all__ = [
     "AdversarialTrainer",
     "RgbdAttack",
     "evaluate_robustness",
+    "RgbdAlbefConfig",
+    "RgbdAlbefForDepthCompletion",
+    "RgbdAlbefForImageClassification",
+    "RgbdAlbefForPreTraining",
+    "RgbdAlbefForRgbdMatching",
+    "RgbdAlbefModel",
     "RgbdClipConfig",
     "RgbdClipForImageClassification",
     "RgbdClipModel",

@@ -1,8 +1,14 @@
 """Registration of hf_rgbd classes with the transformers Auto classes (run once, at `import hf_rgbd`)."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoProcessor
+import transformers
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from .modeling import (
+    RgbdAlbefConfig,
+    RgbdAlbefForDepthCompletion,
+    RgbdAlbefForImageClassification,
+    RgbdAlbefForPreTraining,
+    RgbdAlbefModel,
     RgbdClipConfig,
     RgbdClipForImageClassification,
     RgbdClipModel,
@@ -14,20 +20,29 @@ from .modeling import (
 )
 from .processors import RgbdImageProcessor, RgbdProcessor, RgbdProcessorConfig
 
-# (config, base model, classification model or None) of every model family; RgbdVitModel is one tower
+# every model family: its config and the model class registered under each Auto class (RgbdVitModel is one tower)
 MODEL_FAMILIES = (
-    (RgbdVitConfig, RgbdVitModel, None),
-    (RgbdClipConfig, RgbdClipModel, RgbdClipForImageClassification),
-    (RgbdCnnConfig, RgbdCnnModel, RgbdCnnForImageClassification),
+    (RgbdVitConfig, {"AutoModel": RgbdVitModel}),
+    (RgbdClipConfig, {"AutoModel": RgbdClipModel, "AutoModelForImageClassification": RgbdClipForImageClassification}),
+    (RgbdCnnConfig, {"AutoModel": RgbdCnnModel, "AutoModelForImageClassification": RgbdCnnForImageClassification}),
+    (
+        RgbdAlbefConfig,
+        {
+            "AutoModel": RgbdAlbefModel,
+            "AutoModelForPreTraining": RgbdAlbefForPreTraining,
+            "AutoModelForImageClassification": RgbdAlbefForImageClassification,
+            "AutoModelForDepthEstimation": RgbdAlbefForDepthCompletion,
+        },
+    ),
 )
 
 
 def register_auto_classes() -> None:
     """Register configs, processors and models with the Auto classes. Idempotent.
 
-    Saved folders of the registered models carry their code and list AutoConfig, AutoModel and (where there is one)
-    AutoModelForImageClassification in their `auto_map`, so they load with `trust_remote_code=True` without
-    hf_rgbd; `AutoProcessor` maps every family's config to `RgbdProcessor`.
+    Saved folders of the registered models carry their code and list AutoConfig and every Auto class of their
+    family in their `auto_map`, so they load with `trust_remote_code=True` without hf_rgbd; `AutoProcessor` maps
+    every family's config to `RgbdProcessor`.
     """
     AutoConfig.register(RgbdProcessorConfig.model_type, RgbdProcessorConfig, exist_ok=True)
     AutoImageProcessor.register(
@@ -38,12 +53,10 @@ def register_auto_classes() -> None:
     AutoProcessor.register(RgbdProcessorConfig, RgbdProcessor, exist_ok=True)
     RgbdProcessor.register_for_auto_class("AutoProcessor")
 
-    for config_class, model_class, classification_class in MODEL_FAMILIES:
+    for config_class, models in MODEL_FAMILIES:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, model_class, exist_ok=True)
         AutoProcessor.register(config_class, RgbdProcessor, exist_ok=True)
         config_class.register_for_auto_class("AutoConfig")
-        model_class.register_for_auto_class("AutoModel")
-        if classification_class is not None:
-            AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
-            classification_class.register_for_auto_class("AutoModelForImageClassification")
+        for auto_class_name, model_class in models.items():
+            getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
+            model_class.register_for_auto_class(auto_class_name)

@@ -1,8 +1,23 @@
 """hf_rgbd.modeling."""
 
+from .configuration_rgbd_albef import RgbdAlbefConfig
 from .configuration_rgbd_clip import RgbdClipConfig
 from .configuration_rgbd_cnn import RgbdCnnConfig
 from .configuration_rgbd_vit import RgbdVitConfig
+from .modeling_rgbd_albef import (
+    RgbdAlbefForDepthCompletion,
+    RgbdAlbefForImageClassification,
+    RgbdAlbefForPreTraining,
+    RgbdAlbefForPreTrainingOutput,
+    RgbdAlbefForRgbdMatching,
+    RgbdAlbefImageClassifierOutput,
+    RgbdAlbefModel,
+    RgbdAlbefModelOutput,
+    RgbdAlbefPreTrainedModel,
+    RgbdDepthCompletionOutput,
+    RgbdFusionEncoder,
+    RgbdMatchingOutput,
+)
 from .modeling_rgbd_clip import (
     RgbdClipForImageClassification,
     RgbdClipImageClassifierOutput,
@@ -31,6 +46,19 @@ from .modeling_rgbd_vit import (
 )
 
 __all__ = [
+    "RgbdAlbefConfig",
+    "RgbdAlbefForDepthCompletion",
+    "RgbdAlbefForImageClassification",
+    "RgbdAlbefForPreTraining",
+    "RgbdAlbefForPreTrainingOutput",
+    "RgbdAlbefForRgbdMatching",
+    "RgbdAlbefImageClassifierOutput",
+    "RgbdAlbefModel",
+    "RgbdAlbefModelOutput",
+    "RgbdAlbefPreTrainedModel",
+    "RgbdDepthCompletionOutput",
+    "RgbdFusionEncoder",
+    "RgbdMatchingOutput",
     "RgbdClipConfig",
     "RgbdClipForImageClassification",
     "RgbdClipImageClassifierOutput",

@@ -34,6 +34,7 @@ from .modeling_rgbd_common import (
     classification_loss,
     draw_modality_dropout,
 )
+from .modeling_rgbd_pretraining import distributed_world, global_contrastive_loss
 from .modeling_rgbd_vit import RgbdVitModel, resize_position_embeddings
 
 logger = logging.get_logger(__name__)
@@ -251,7 +252,115 @@ def _load_tower_weights(tower: RgbdVitModel, weights: dict[str, torch.Tensor], s
 
 
 # --------------------------------------------------------------------------------------------------------- models
-class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
+class RgbdVisionPretrainedMixin:
+    """`from_vision_pretrained` for every family with an RGB and a depth [`RgbdVitModel`] tower (held by
+    `model.base_model` as `rgb_model` / `depth_model`, with `rgb_projection` / `depth_projection` / `logit_scale`).
+    A family adds config fields derived from the checkpoint with `_vision_pretrained_config_fields` and finishes
+    the loaded model in `_vision_weights_loaded`."""
+
+    @classmethod
+    def _vision_pretrained_config_fields(cls, tower_kwargs: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """Config fields a family derives from the checkpoint's tower fields in `from_vision_pretrained` (none here)."""
+        return {}
+
+    def _vision_weights_loaded(self) -> None:
+        """Called by `from_vision_pretrained` once the towers hold the checkpoint's weights (nothing to do here)."""
+
+    @classmethod
+    def from_vision_pretrained(
+        cls,
+        pretrained_model_name_or_path: str,
+        *,
+        return_processor: bool = False,
+        pretrained_kwargs: dict[str, Any] | None = None,
+        **config_overrides: Any,
+    ) -> Any:
+        """Build the model with both towers initialised from an HF ViT or CLIP(-vision) checkpoint.
+
+        The architecture of both towers follows the checkpoint (`vit`, `clip_vision_model`, or the vision part of
+        `clip`); all weights are copied, except the depth tower's patch projection, which gets the mean of the RGB
+        channels' weights (repeated for each depth channel, e.g. 3 for HHA). Modality-type embeddings start at zero,
+        so the RGB tower computes exactly what the checkpoint computes. From a full CLIP checkpoint the visual
+        projection initialises both projections and `logit_scale` is copied (if `projection_dim` is not overridden).
+
+        Args:
+            pretrained_model_name_or_path: hub id or local folder (anything `AutoModel.from_pretrained` accepts).
+            return_processor: also return an `RgbdProcessor` with the checkpoint's `image_mean` / `image_std`
+                (see `hf_rgbd.processors.processor_from_vision_pretrained`); needs hf_rgbd.
+            pretrained_kwargs: passed to `AutoConfig` / `AutoModel` / the processor lookup (`revision`, `cache_dir`,
+                `local_files_only`, `token`, ...).
+            config_overrides: fields of the family's config (`RgbdClipConfig`, `RgbdAlbefConfig`) (`projection_dim`, `num_labels`, `modalities`, ...);
+                `rgb_config` / `depth_config` dicts update the towers (e.g. `depth_config={"num_channels": 3}`,
+                `rgb_config={"image_size": 64}`: position embeddings are resized).
+
+        Returns:
+            the model (in eval mode, like `from_pretrained`), or `(model, processor)` with `return_processor=True`.
+        """
+        from transformers import AutoConfig, AutoModel
+
+        pretrained_kwargs = dict(pretrained_kwargs or {})
+        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
+        is_full_clip = source_config.model_type == "clip"
+        vision_config = source_config.vision_config if is_full_clip else source_config
+        if vision_config.model_type not in _KEY_MAPPINGS:
+            raise ValueError(
+                f"`pretrained_model_name_or_path` must be a ViT or CLIP(-vision) checkpoint, got model_type "
+                f"{source_config.model_type!r} (supported: 'vit', 'clip_vision_model', 'clip')."
+            )
+        tower_kwargs = _tower_kwargs_from_vision_config(vision_config)
+        rgb_overrides = dict(config_overrides.pop("rgb_config", None) or {})
+        depth_overrides = dict(config_overrides.pop("depth_config", None) or {})
+        if is_full_clip:
+            config_overrides.setdefault("projection_dim", source_config.projection_dim)
+        config_overrides.update(cls._vision_pretrained_config_fields(tower_kwargs, config_overrides))
+        config = cls.config_class(
+            rgb_config={**tower_kwargs, **rgb_overrides, "modality": "rgb", "num_channels": 3},
+            depth_config={"num_channels": 1, **tower_kwargs, **depth_overrides, "modality": "depth"},
+            **config_overrides,
+        )
+        for name, tower_config in (("rgb_config", config.rgb_config), ("depth_config", config.depth_config)):
+            if tower_config.patch_embedding_type != "linear":
+                raise ValueError(
+                    f"`{name}` asks for patch_embedding_type={tower_config.patch_embedding_type!r}, but ViT / CLIP "
+                    "checkpoints hold a linear patch projection; keep 'linear' with from_vision_pretrained."
+                )
+        model = cls(config)
+
+        source_model = AutoModel.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
+        vision_model = source_model.vision_model if is_full_clip else source_model
+        weights = _map_vision_state_dict(vision_model.state_dict(), vision_config.model_type)
+        clip_model = model.base_model  # the module holding the towers, projections and logit_scale
+        source = str(pretrained_model_name_or_path)
+        for tower in (clip_model.rgb_model, clip_model.depth_model):
+            if tower is not None:
+                _load_tower_weights(tower, weights, source)
+        if is_full_clip and config.projection_dim == source_config.projection_dim:
+            with torch.no_grad():
+                for projection in (clip_model.rgb_projection, clip_model.depth_projection):
+                    if (
+                        projection is not None
+                        and projection.weight.shape == source_model.visual_projection.weight.shape
+                    ):
+                        projection.weight.copy_(source_model.visual_projection.weight)
+                clip_model.logit_scale.copy_(source_model.logit_scale)
+        del source_model
+        model._vision_weights_loaded()
+        model.eval()
+        if return_processor:
+            try:
+                from hf_rgbd.processors import processor_from_vision_pretrained
+            except ImportError as error:  # the copied remote code runs without hf_rgbd
+                raise ImportError(
+                    "`return_processor=True` (processor_from_vision_pretrained) needs the hf_rgbd package."
+                ) from error
+            processor = processor_from_vision_pretrained(
+                pretrained_model_name_or_path, image_size=config.rgb_config.image_size, **pretrained_kwargs
+            )
+            return model, processor
+        return model
+
+
+class RgbdClipPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreTrainedModel):
     """Initialisation, class attributes and `from_vision_pretrained` shared by the dual-encoder models."""
 
     config_class = RgbdClipConfig
@@ -284,118 +393,11 @@ class RgbdClipPreTrainedModel(RgbdAutoMapMixin, PreTrainedModel):
                 init.zeros_(module.missing_rgb_embedding)
                 init.zeros_(module.missing_depth_embedding)
 
-    @classmethod
-    def from_vision_pretrained(
-        cls,
-        pretrained_model_name_or_path: str,
-        *,
-        return_processor: bool = False,
-        pretrained_kwargs: dict[str, Any] | None = None,
-        **config_overrides: Any,
-    ) -> Any:
-        """Build the model with both towers initialised from an HF ViT or CLIP(-vision) checkpoint.
-
-        The architecture of both towers follows the checkpoint (`vit`, `clip_vision_model`, or the vision part of
-        `clip`); all weights are copied, except the depth tower's patch projection, which gets the mean of the RGB
-        channels' weights (repeated for each depth channel, e.g. 3 for HHA). Modality-type embeddings start at zero,
-        so the RGB tower computes exactly what the checkpoint computes. From a full CLIP checkpoint the visual
-        projection initialises both projections and `logit_scale` is copied (if `projection_dim` is not overridden).
-
-        Args:
-            pretrained_model_name_or_path: hub id or local folder (anything `AutoModel.from_pretrained` accepts).
-            return_processor: also return an `RgbdProcessor` with the checkpoint's `image_mean` / `image_std`
-                (see `hf_rgbd.processors.processor_from_vision_pretrained`); needs hf_rgbd.
-            pretrained_kwargs: passed to `AutoConfig` / `AutoModel` / the processor lookup (`revision`, `cache_dir`,
-                `local_files_only`, `token`, ...).
-            config_overrides: `RgbdClipConfig` fields (`projection_dim`, `num_labels`, `modalities`, ...);
-                `rgb_config` / `depth_config` dicts update the towers (e.g. `depth_config={"num_channels": 3}`,
-                `rgb_config={"image_size": 64}`: position embeddings are resized).
-
-        Returns:
-            the model (in eval mode, like `from_pretrained`), or `(model, processor)` with `return_processor=True`.
-        """
-        from transformers import AutoConfig, AutoModel
-
-        pretrained_kwargs = dict(pretrained_kwargs or {})
-        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
-        is_full_clip = source_config.model_type == "clip"
-        vision_config = source_config.vision_config if is_full_clip else source_config
-        if vision_config.model_type not in _KEY_MAPPINGS:
-            raise ValueError(
-                f"`pretrained_model_name_or_path` must be a ViT or CLIP(-vision) checkpoint, got model_type "
-                f"{source_config.model_type!r} (supported: 'vit', 'clip_vision_model', 'clip')."
-            )
-        tower_kwargs = _tower_kwargs_from_vision_config(vision_config)
-        rgb_overrides = dict(config_overrides.pop("rgb_config", None) or {})
-        depth_overrides = dict(config_overrides.pop("depth_config", None) or {})
-        if is_full_clip:
-            config_overrides.setdefault("projection_dim", source_config.projection_dim)
-        config = RgbdClipConfig(
-            rgb_config={**tower_kwargs, **rgb_overrides, "modality": "rgb", "num_channels": 3},
-            depth_config={"num_channels": 1, **tower_kwargs, **depth_overrides, "modality": "depth"},
-            **config_overrides,
-        )
-        for name, tower_config in (("rgb_config", config.rgb_config), ("depth_config", config.depth_config)):
-            if tower_config.patch_embedding_type != "linear":
-                raise ValueError(
-                    f"`{name}` asks for patch_embedding_type={tower_config.patch_embedding_type!r}, but ViT / CLIP "
-                    "checkpoints hold a linear patch projection; keep 'linear' with from_vision_pretrained."
-                )
-        model = cls(config)
-
-        source_model = AutoModel.from_pretrained(pretrained_model_name_or_path, **pretrained_kwargs)
-        vision_model = source_model.vision_model if is_full_clip else source_model
-        weights = _map_vision_state_dict(vision_model.state_dict(), vision_config.model_type)
-        clip_model: RgbdClipModel = model if isinstance(model, RgbdClipModel) else model.rgbd_clip
-        source = str(pretrained_model_name_or_path)
-        for tower in (clip_model.rgb_model, clip_model.depth_model):
-            if tower is not None:
-                _load_tower_weights(tower, weights, source)
-        if is_full_clip and config.projection_dim == source_config.projection_dim:
-            with torch.no_grad():
-                for projection in (clip_model.rgb_projection, clip_model.depth_projection):
-                    if (
-                        projection is not None
-                        and projection.weight.shape == source_model.visual_projection.weight.shape
-                    ):
-                        projection.weight.copy_(source_model.visual_projection.weight)
-                clip_model.logit_scale.copy_(source_model.logit_scale)
-        del source_model
-        model.eval()
-        if return_processor:
-            try:
-                from hf_rgbd.processors import processor_from_vision_pretrained
-            except ImportError as error:  # the copied remote code runs without hf_rgbd
-                raise ImportError(
-                    "`return_processor=True` (processor_from_vision_pretrained) needs the hf_rgbd package."
-                ) from error
-            processor = processor_from_vision_pretrained(
-                pretrained_model_name_or_path, image_size=config.rgb_config.image_size, **pretrained_kwargs
-            )
-            return model, processor
-        return model
-
-
-class RgbdClipModel(RgbdClipPreTrainedModel):
-    """CLIP-style dual encoder: an RGB tower and a depth tower, linear projections to a shared space, a learnable
-    temperature and the symmetric contrastive loss (ITC). With `modalities="rgb"` / `"depth"` only that tower and
-    its projection are built, and the forward pass returns that modality's embeddings only (no logits, no loss)."""
-
-    def __init__(self, config: RgbdClipConfig):
-        super().__init__(config)
-        active = config.active_modalities
-        self.rgb_model = RgbdVitModel._from_config(config.rgb_config) if "rgb" in active else None
-        self.rgb_projection = (
-            nn.Linear(config.rgb_config.hidden_size, config.projection_dim, bias=False) if "rgb" in active else None
-        )
-        self.depth_model = RgbdVitModel._from_config(config.depth_config) if "depth" in active else None
-        self.depth_projection = (
-            nn.Linear(config.depth_config.hidden_size, config.projection_dim, bias=False)
-            if "depth" in active
-            else None
-        )
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.post_init()
+class RgbdDualTowerMixin:
+    """The two towers, their projections and the ITC temperature of a dual-encoder-like model (attributes
+    `rgb_model`, `rgb_projection`, `depth_model`, `depth_projection`, `logit_scale`; a tower is None when
+    `config.modalities` leaves it out): `get_rgb_features`, `get_depth_features` and `scaled_logit_scale`, as
+    `CLIPModel` has them. Shared by the dual encoder and the fusion encoder."""
 
     def get_input_embeddings(self) -> nn.Module:
         tower = self.rgb_model if self.rgb_model is not None else self.depth_model
@@ -466,6 +468,28 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
         """`exp(logit_scale)` with `logit_scale` clamped to [0, log(100)] (gradient zero outside)."""
         return self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
 
+
+class RgbdClipModel(RgbdDualTowerMixin, RgbdClipPreTrainedModel):
+    """CLIP-style dual encoder: an RGB tower and a depth tower, linear projections to a shared space, a learnable
+    temperature and the symmetric contrastive loss (ITC). With `modalities="rgb"` / `"depth"` only that tower and
+    its projection are built, and the forward pass returns that modality's embeddings only (no logits, no loss)."""
+
+    def __init__(self, config: RgbdClipConfig):
+        super().__init__(config)
+        active = config.active_modalities
+        self.rgb_model = RgbdVitModel._from_config(config.rgb_config) if "rgb" in active else None
+        self.rgb_projection = (
+            nn.Linear(config.rgb_config.hidden_size, config.projection_dim, bias=False) if "rgb" in active else None
+        )
+        self.depth_model = RgbdVitModel._from_config(config.depth_config) if "depth" in active else None
+        self.depth_projection = (
+            nn.Linear(config.depth_config.hidden_size, config.projection_dim, bias=False)
+            if "depth" in active
+            else None
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.post_init()
+
     @can_return_tuple
     def forward(
         self,
@@ -512,7 +536,10 @@ class RgbdClipModel(RgbdClipPreTrainedModel):
             logits_per_rgb = torch.matmul(rgb_embeds, depth_embeds.t()) * self.scaled_logit_scale()
             logits_per_depth = logits_per_rgb.t()
             if return_loss:
-                loss = rgbd_contrastive_loss(logits_per_rgb)
+                if distributed_world()[1] > 1:  # the global batch: embeddings gathered with gradient
+                    loss = global_contrastive_loss(rgb_embeds, depth_embeds, self.scaled_logit_scale())[0]
+                else:
+                    loss = rgbd_contrastive_loss(logits_per_rgb)
         return RgbdClipOutput(
             loss=loss,
             logits_per_rgb=logits_per_rgb,
@@ -654,6 +681,8 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
 
 __all__ = [
     "LOGIT_SCALE_MAX",
+    "RgbdDualTowerMixin",
+    "RgbdVisionPretrainedMixin",
     "RgbdClipForImageClassification",
     "RgbdClipImageClassifierOutput",
     "RgbdClipModel",

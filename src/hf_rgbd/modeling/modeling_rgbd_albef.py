@@ -1,0 +1,955 @@
+"""ALBEF/BLIP-style RGB-D fusion encoder: depth in the place of text.
+
+* [`RgbdAlbefModel`]: an RGB and a depth [`RgbdVitModel`] tower with ITC projections (as the dual encoder), and a
+  fusion encoder ([`RgbdFusionEncoder`]) whose layers run self-attention over the depth tokens and
+  cross-attention from them to the RGB tokens. The fused [CLS] is the depth stream's [CLS] after fusion.
+* [`RgbdAlbefForPreTraining`]: ITC + ITM (hard negatives from the ITC similarities) + MDM (the depth words of
+  masked patches), with an optional EMA teacher (momentum distillation) and feature queue.
+* [`RgbdAlbefForImageClassification`], [`RgbdAlbefForRgbdMatching`], [`RgbdAlbefForDepthCompletion`].
+
+Missing modalities are data: a missing or dropped depth map is a map without any valid pixel (every depth patch
+is the learned missing-depth token, hidden from attention), a missing or dropped RGB image is one learned token
+as the only cross-attention key. MDM masks patches the same way (as holes), so depth completion is MDM on holes.
+
+Part of the flat `hf_rgbd.modeling` folder (single-dot relative imports only), so saved models carry it and load
+with `trust_remote_code=True` where hf_rgbd is not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_rgbd_albef import RgbdAlbefConfig
+from .configuration_rgbd_vit import RgbdVitConfig
+from .modeling_rgbd_clip import RgbdDualTowerMixin, RgbdVisionPretrainedMixin
+from .modeling_rgbd_common import (
+    RgbdAutoMapMixin,
+    check_classification_labels,
+    check_depth_mask,
+    check_flag,
+    check_labels,
+    classification_loss,
+    draw_modality_dropout,
+    effective_depth_mask,
+)
+from .modeling_rgbd_pretraining import (
+    IGNORE_INDEX,
+    RgbdFeatureQueue,
+    RgbdMaskedDepthHead,
+    RgbdMatchingHead,
+    depth_bin_centres,
+    distributed_world,
+    draw_mdm_mask,
+    ema_update,
+    gather_with_grad,
+    gather_without_grad,
+    global_contrastive_loss,
+    masked_depth_loss,
+    matching_loss,
+    patch_mask_to_pixels,
+    sample_hard_negatives,
+)
+from .modeling_rgbd_vit import RgbdVitAttention, RgbdVitEncoder, RgbdVitLayer, RgbdVitModel, RgbdVitPreTrainedModel
+
+logger = logging.get_logger(__name__)
+
+
+# -------------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class RgbdAlbefModelOutput(ModelOutput):
+    r"""Output of [`RgbdAlbefModel`].
+
+    Args:
+        last_hidden_state (`torch.Tensor` (B, 1 + N, D)): fused token states (the depth stream after fusion,
+            final-normed); with `modalities="rgb"` / `"depth"` the tower's own states.
+        pooler_output (`torch.Tensor` (B, D)): the fused [CLS] (or the tower's [CLS]).
+        rgb_embeds / depth_embeds (`torch.Tensor` (B, projection_dim)): L2-normalised ITC embeddings (None for a
+            modality not given).
+        rgb_model_output / depth_model_output / fusion_model_output (`BaseModelOutputWithPooling`): the parts'
+            outputs (hidden states, attentions and the fusion encoder's `cross_attentions` when asked for).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    rgb_embeds: torch.Tensor | None = None
+    depth_embeds: torch.Tensor | None = None
+    rgb_model_output: BaseModelOutputWithPooling | None = None
+    depth_model_output: BaseModelOutputWithPooling | None = None
+    fusion_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+    @property
+    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        """Hidden states of the RGB tower, then the depth tower, then the fusion encoder (those computed), or None."""
+        parts = [self.rgb_model_output, self.depth_model_output, self.fusion_model_output]
+        states = [tensor for part in parts if part is not None and part.hidden_states is not None for tensor in part.hidden_states]
+        return tuple(states) if states else None
+
+
+@dataclass
+class RgbdAlbefForPreTrainingOutput(ModelOutput):
+    r"""Output of [`RgbdAlbefForPreTraining`].
+
+    Args:
+        loss (`torch.Tensor` `()`): `loss_itc + loss_itm + loss_mdm`.
+        loss_itc, loss_itm, loss_mdm (`torch.Tensor` `()`): the three losses (`loss_mdm` is 0 with
+            `mdm_mask_ratio=0`).
+        itm_logits (`torch.Tensor` (3B, 2)): ITM logits of the B positive pairs, then B pairs (RGB i, a hard
+            negative depth map), then B pairs (a hard negative RGB image, depth i); index 1 = matched.
+        itm_labels (`torch.Tensor` (3B,)): 1, 0, or -100 for positives whose RGB image was dropped
+            (`modality_dropout`).
+        mdm_logits (`torch.Tensor` (B, N, depth_vocab_size)): depth-word scores of every patch of the positive pairs.
+        mdm_mask (`torch.Tensor` (B, N) bool): the masked patches (where `loss_mdm` is computed).
+        logits_per_rgb (`torch.Tensor` (B, B_global [+ queue])): ITC logits RGB -> depth.
+        rgb_embeds / depth_embeds (`torch.Tensor` (B, projection_dim)): the student's ITC embeddings.
+        negative_depth_index / negative_rgb_index (`torch.Tensor` (B,)): the hard negatives drawn, indices into the
+            global batch.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    loss_mdm: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    itm_labels: torch.Tensor | None = None
+    mdm_logits: torch.Tensor | None = None
+    mdm_mask: torch.Tensor | None = None
+    logits_per_rgb: torch.Tensor | None = None
+    rgb_embeds: torch.Tensor | None = None
+    depth_embeds: torch.Tensor | None = None
+    negative_depth_index: torch.Tensor | None = None
+    negative_rgb_index: torch.Tensor | None = None
+
+
+@dataclass
+class RgbdAlbefImageClassifierOutput(ModelOutput):
+    r"""Output of [`RgbdAlbefForImageClassification`].
+
+    Args:
+        loss (`torch.Tensor` `()`, with `labels`): classification loss (plus the auxiliary heads' losses).
+        logits (`torch.Tensor` (B, num_labels)): scores from the fused [CLS] (or the one tower's [CLS]).
+        rgb_logits / depth_logits (`torch.Tensor` (B, num_labels)): auxiliary heads (`auxiliary_loss_weight > 0`).
+        pooler_output (`torch.Tensor` (B, D)): the classifier's input.
+        rgb_model_output / depth_model_output / fusion_model_output: as in [`RgbdAlbefModelOutput`].
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    rgb_logits: torch.Tensor | None = None
+    depth_logits: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    rgb_model_output: BaseModelOutputWithPooling | None = None
+    depth_model_output: BaseModelOutputWithPooling | None = None
+    fusion_model_output: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class RgbdMatchingOutput(ModelOutput):
+    r"""Output of an RGB-D matching model ([`RgbdAlbefForRgbdMatching`]), as `BlipImageTextMatchingModelOutput`.
+
+    Args:
+        itm_score (`torch.Tensor`): with `use_itm_head=True` the ITM logits (B, 2) of the pairs (RGB i, depth i),
+            index 1 = matched; with `use_itm_head=False` the cosine similarities (B_rgb, B_depth) of the ITC
+            embeddings.
+        rgb_embeds / depth_embeds (`torch.Tensor` (B, projection_dim)): L2-normalised ITC embeddings.
+        last_hidden_state (`torch.Tensor` (B, 1 + N, D)): fused token states (`use_itm_head=True` only).
+    """
+
+    itm_score: torch.Tensor | None = None
+    rgb_embeds: torch.Tensor | None = None
+    depth_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass
+class RgbdDepthCompletionOutput(ModelOutput):
+    r"""Output of [`RgbdAlbefForDepthCompletion`], as transformers' `DepthEstimatorOutput`.
+
+    Args:
+        loss (`torch.Tensor` `()`, with `labels`): mean absolute error in metres over the holes where `labels` is
+            positive.
+        predicted_depth (`torch.Tensor` (B, H, W)): metres; the input's valid pixels unchanged, its holes filled.
+        predicted_patch_depth (`torch.Tensor` (B, N)): the model's depth per patch (metres), before filling.
+        hole_mask (`torch.Tensor` (B, H, W) bool): the filled pixels.
+    """
+
+    loss: torch.Tensor | None = None
+    predicted_depth: torch.Tensor | None = None
+    predicted_patch_depth: torch.Tensor | None = None
+    hole_mask: torch.Tensor | None = None
+
+
+# ------------------------------------------------------------------------------------------------ fusion encoder
+class RgbdFusionEncoder(RgbdVitPreTrainedModel):
+    """Layers of self-attention over one stream (the depth tokens), cross-attention to another (the RGB tokens) and
+    an MLP, then a final LayerNorm. Its hidden states, attentions and cross-attentions are recorded by output
+    capturing. (B, L, D) -> `BaseModelOutputWithPooling` (`pooler_output`: the normed first token)."""
+
+    auto_map_classes: dict[str, str] = {}
+    _can_record_outputs = {
+        "hidden_states": RgbdVitLayer,
+        "attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="attention"),
+        "cross_attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="crossattention"),
+    }
+
+    def __init__(self, config: RgbdVitConfig):
+        super().__init__(config)
+        layers = [RgbdVitLayer(config, add_cross_attention=True) for _ in range(config.num_hidden_layers)]
+        self.encoder = RgbdVitEncoder(config, layers=layers)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """hidden_states (B, L, D) queries, attention_mask (B, L) bool key mask; encoder_hidden_states (B, L_e, D),
+        encoder_attention_mask (B, L_e) bool."""
+        outputs = self.encoder(
+            hidden_states,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            **kwargs,
+        )
+        sequence = self.layernorm(outputs.last_hidden_state)
+        return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=sequence[:, 0])
+
+
+# ------------------------------------------------------------------------------------------------------ models
+class RgbdAlbefPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreTrainedModel):
+    """Initialisation, class attributes and `from_vision_pretrained` (both towers) of the fusion-encoder models."""
+
+    config_class = RgbdAlbefConfig
+    config: RgbdAlbefConfig
+    auto_map_classes = {
+        "AutoModel": "RgbdAlbefModel",
+        "AutoModelForPreTraining": "RgbdAlbefForPreTraining",
+        "AutoModelForImageClassification": "RgbdAlbefForImageClassification",
+        "AutoModelForDepthEstimation": "RgbdAlbefForDepthCompletion",
+    }
+    base_model_prefix = "rgbd_albef"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RgbdVitEmbeddings", "RgbdVitLayer"]
+    _supports_sdpa = True
+    accepts_loss_kwargs = False
+    # parts of a pretraining checkpoint a downstream model does not use (the heads it does use are removed)
+    _pretraining_only_keys = (r"^teacher\.", r"^queue\.", r"^itm_head\.", r"^mdm_head\.")
+    _keys_to_ignore_on_load_unexpected = list(_pretraining_only_keys)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, RgbdAlbefModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            for projection, tower in ((module.rgb_projection, module.rgb_model), (module.depth_projection, module.depth_model)):
+                if projection is not None:
+                    init.normal_(projection.weight, mean=0.0, std=tower.config.hidden_size**-0.5)
+            if module.missing_rgb_embedding is not None:
+                init.trunc_normal_(module.missing_rgb_embedding, mean=0.0, std=self.config.initializer_range)
+
+    @classmethod
+    def _vision_pretrained_config_fields(cls, tower_kwargs: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """The fusion encoder gets the checkpoint's layer fields and half its layers (unless overridden)."""
+        fusion = {**tower_kwargs, "num_hidden_layers": max(1, tower_kwargs["num_hidden_layers"] // 2)}
+        fusion.update(dict(overrides.pop("fusion_config", None) or overrides.get("fusion_encoder_config") or {}))
+        fusion["modality"] = "depth"
+        return {"fusion_encoder_config": fusion}
+
+
+class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
+    """The fusion encoder's trunk: the two towers with their ITC projections (`get_rgb_features` /
+    `get_depth_features` as the dual encoder's) and, with `modalities="rgbd"`, the fusion encoder.
+
+    `forward` encodes what is given and fuses: `depth_values=None` fuses a depth map without valid pixel,
+    `pixel_values=None` a missing-RGB token, so either modality may be missing at inference. In training, with
+    `config.modality_dropout`, whole modalities are dropped per sample the same way.
+    """
+
+    def __init__(self, config: RgbdAlbefConfig):
+        super().__init__(config)
+        active = config.active_modalities
+        self.rgb_model = RgbdVitModel._from_config(config.rgb_config) if "rgb" in active else None
+        self.rgb_projection = (
+            nn.Linear(config.rgb_config.hidden_size, config.projection_dim, bias=False) if "rgb" in active else None
+        )
+        self.depth_model = RgbdVitModel._from_config(config.depth_config) if "depth" in active else None
+        self.depth_projection = (
+            nn.Linear(config.depth_config.hidden_size, config.projection_dim, bias=False) if "depth" in active else None
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        fused = config.modalities == "rgbd"
+        fusion_size = config.fusion_encoder_config.hidden_size
+        self.fusion_model = RgbdFusionEncoder._from_config(config.fusion_encoder_config) if fused else None
+        self.rgb_to_fusion = (
+            nn.Linear(config.rgb_config.hidden_size, fusion_size)
+            if fused and config.rgb_config.hidden_size != fusion_size
+            else None
+        )
+        self.missing_rgb_embedding = nn.Parameter(torch.zeros(1, 1, fusion_size)) if fused else None
+        self.post_init()
+
+    # ---------------------------------------------------------------------------- parts
+    def depth_key_mask(self, depth_values: torch.Tensor, depth_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1 + N) bool: the depth tokens other layers may attend to ([CLS] and patches with a valid pixel, or
+        every token without `mask_missing_depth_patches`)."""
+        embeddings = self.depth_model.embeddings
+        valid = embeddings.patch_validity(effective_depth_mask(depth_values, depth_mask)) > 0
+        if not self.config.depth_config.mask_missing_depth_patches:
+            valid = torch.ones_like(valid)
+        return torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1)
+
+    def rgb_keys(self, rgb_states: torch.Tensor | None, drop_rgb: torch.Tensor | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys (B, L_rgb, D_fusion) and key mask (B, L_rgb): the RGB tokens, or for a missing
+        (`rgb_states=None`) or dropped (`drop_rgb` (B,) True) image the learned missing-RGB token alone."""
+        missing = self.missing_rgb_embedding
+        if rgb_states is None:
+            keys = missing.expand(batch_size, 1, -1)
+            return keys, torch.ones(batch_size, 1, dtype=torch.bool, device=keys.device)
+        keys = self.rgb_to_fusion(rgb_states) if self.rgb_to_fusion is not None else rgb_states
+        key_mask = torch.ones(keys.shape[:2], dtype=torch.bool, device=keys.device)
+        if drop_rgb is not None:
+            first = torch.zeros_like(key_mask)
+            first[:, 0] = True
+            keys = torch.cat([torch.where(drop_rgb[:, None, None], missing.to(keys.dtype), keys[:, :1]), keys[:, 1:]], dim=1)
+            key_mask = torch.where(drop_rgb[:, None], first, key_mask)
+        return keys, key_mask
+
+    def fuse(
+        self,
+        depth_states: torch.Tensor,
+        depth_key_mask: torch.Tensor,
+        rgb_keys: torch.Tensor,
+        rgb_key_mask: torch.Tensor,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """The fusion encoder on depth token states (B, 1 + N, D) attending to `rgb_keys` (B, L_rgb, D)."""
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("return_dict", "interpolate_pos_encoding")}
+        return self.fusion_model(
+            depth_states,
+            attention_mask=depth_key_mask,
+            encoder_hidden_states=rgb_keys,
+            encoder_attention_mask=rgb_key_mask,
+            return_dict=True,
+            **self._tower_kwargs(kwargs),
+        )
+
+    def empty_depth(self, batch_size: int, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(depth_values, depth_mask)` of `batch_size` depth maps without any valid pixel (a missing modality)."""
+        config = self.config.depth_config
+        height, width = config.image_size_pair
+        values = torch.zeros(batch_size, config.num_channels, height, width, dtype=reference.dtype, device=reference.device)
+        return values, torch.zeros(batch_size, 1, height, width, dtype=torch.bool, device=reference.device)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> RgbdAlbefModelOutput:
+        """Encode and fuse RGB-D pairs.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised RGB (None: missing, with `modalities="rgbd"`).
+            depth_values: (B, C_d, H, W) depth representation (None: missing, with `modalities="rgbd"`).
+            depth_mask: (B, 1, H, W) bool, False at holes (None: every finite pixel valid).
+            interpolate_pos_encoding: accept other sizes than the configured ones (not for a missing modality).
+            kwargs: `output_hidden_states`, `output_attentions` (eager), `return_dict`.
+
+        Returns:
+            [`RgbdAlbefModelOutput`].
+        """
+        config = self.config
+        if config.modalities == "rgb" and pixel_values is None:
+            raise ValueError("`pixel_values` is required with `modalities='rgb'`.")
+        if config.modalities == "depth" and depth_values is None:
+            raise ValueError("`depth_values` is required with `modalities='depth'`.")
+        if pixel_values is None and depth_values is None:
+            raise ValueError("pass `pixel_values`, `depth_values` or both.")
+        use_rgb = "rgb" in config.active_modalities and pixel_values is not None
+        use_depth = "depth" in config.active_modalities and depth_values is not None
+        if use_rgb and use_depth and pixel_values.shape[0] != depth_values.shape[0]:
+            raise ValueError(
+                f"`pixel_values` and `depth_values` must have the same batch size, got {pixel_values.shape[0]} and "
+                f"{depth_values.shape[0]}."
+            )
+        kwargs = dict(kwargs, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        rgb_outputs = self.get_rgb_features(pixel_values, **kwargs) if use_rgb else None
+        if config.modalities != "rgbd":
+            tower_outputs = rgb_outputs if use_rgb else self.get_depth_features(depth_values, depth_mask, **kwargs)
+            embeds = F.normalize(tower_outputs.pooler_output, dim=-1)
+            last = tower_outputs.last_hidden_state
+            return RgbdAlbefModelOutput(
+                last_hidden_state=last,
+                pooler_output=last[:, 0],
+                rgb_embeds=embeds if use_rgb else None,
+                depth_embeds=None if use_rgb else embeds,
+                rgb_model_output=rgb_outputs,
+                depth_model_output=None if use_rgb else tower_outputs,
+            )
+
+        reference = pixel_values if use_rgb else depth_values
+        batch_size = reference.shape[0]
+        drop_rgb = None
+        if use_depth:
+            depth_mask = effective_depth_mask(depth_values, depth_mask)
+        p_rgb, p_depth = config.modality_dropout
+        if self.training and use_rgb and use_depth and (p_rgb > 0 or p_depth > 0):
+            drop_rgb, drop_depth = draw_modality_dropout(config.modality_dropout, batch_size, reference.device)
+            depth_mask = depth_mask & ~drop_depth[:, None, None, None]
+        depth_embeds = None
+        if use_depth:
+            depth_outputs = self.get_depth_features(depth_values, depth_mask, **kwargs)
+            depth_embeds = F.normalize(depth_outputs.pooler_output, dim=-1)
+        else:
+            empty_values, depth_mask = self.empty_depth(batch_size, reference)
+            depth_outputs = self.get_depth_features(empty_values, depth_mask, **kwargs)
+            depth_values = empty_values
+        rgb_keys, rgb_key_mask = self.rgb_keys(rgb_outputs.last_hidden_state if use_rgb else None, drop_rgb, batch_size)
+        fusion_outputs = self.fuse(
+            depth_outputs.last_hidden_state, self.depth_key_mask(depth_values, depth_mask), rgb_keys, rgb_key_mask, **kwargs
+        )
+        return RgbdAlbefModelOutput(
+            last_hidden_state=fusion_outputs.last_hidden_state,
+            pooler_output=fusion_outputs.pooler_output,
+            rgb_embeds=F.normalize(rgb_outputs.pooler_output, dim=-1) if use_rgb else None,
+            depth_embeds=depth_embeds,
+            rgb_model_output=rgb_outputs,
+            depth_model_output=depth_outputs if use_depth else None,
+            fusion_model_output=fusion_outputs,
+        )
+
+
+def _check_fused_config(config: RgbdAlbefConfig, what: str) -> None:
+    if config.modalities != "rgbd":
+        raise ValueError(f"{what} needs both modalities, but `modalities={config.modalities!r}`.")
+
+
+def _check_pairs(pixel_values: Any, depth_values: Any, what: str) -> int:
+    if pixel_values is None or depth_values is None:
+        raise ValueError(f"{what} needs `pixel_values` and `depth_values`.")
+    if pixel_values.shape[0] != depth_values.shape[0]:
+        raise ValueError(
+            f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
+            f"{pixel_values.shape[0]} and {depth_values.shape[0]}."
+        )
+    return pixel_values.shape[0]
+
+
+class RgbdAlbefTeacher(nn.Module):
+    """The EMA teacher of momentum distillation: a copy of the trunk and of the MDM head, never trained by the
+    optimizer (`requires_grad=False`), updated by [`RgbdAlbefForPreTraining.momentum_update`]."""
+
+    def __init__(self, config: RgbdAlbefConfig):
+        super().__init__()
+        self.model = RgbdAlbefModel(config)
+        fusion = config.fusion_encoder_config
+        self.mdm_head = RgbdMaskedDepthHead(fusion.hidden_size, config.depth_vocab_size, fusion.hidden_act, fusion.layer_norm_eps)
+
+
+class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
+    """Fusion-encoder pretraining: ITC + ITM + MDM in one pass of each tower.
+
+    The depth tower runs once, on the depth map with the MDM patches masked (as holes, so nothing of them reaches
+    any token); that pass serves ITC, ITM and MDM (FLIP's single masked pass). The fusion encoder runs once on 3B
+    pairs: the positives (for ITM and MDM), each RGB with a hard-negative depth map, each depth map with a
+    hard-negative RGB image. With a teacher (`distillation_alpha > 0` or `queue_size > 0`), ITC uses the teacher's
+    embeddings as columns (and the queue), and with distillation soft targets for ITC and MDM.
+    Call `momentum_update()` after each optimizer step (the Trainer callback `hf_rgbd.training.MomentumUpdateCallback`
+    does): the teacher is not updated by `forward`.
+    """
+
+    _keys_to_ignore_on_load_unexpected: list[str] = []
+
+    def __init__(self, config: RgbdAlbefConfig):
+        super().__init__(config)
+        _check_fused_config(config, "RgbdAlbefForPreTraining")
+        self.rgbd_albef = RgbdAlbefModel(config)
+        fusion = config.fusion_encoder_config
+        self.itm_head = RgbdMatchingHead(fusion.hidden_size)
+        self.mdm_head = RgbdMaskedDepthHead(fusion.hidden_size, config.depth_vocab_size, fusion.hidden_act, fusion.layer_norm_eps)
+        self.teacher = RgbdAlbefTeacher(config) if config.uses_teacher else None
+        self.queue = RgbdFeatureQueue(config.queue_size, config.projection_dim) if config.queue_size > 0 else None
+        self.post_init()
+        self.reset_teacher()
+
+    def _teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.teacher.model, self.rgbd_albef), (self.teacher.mdm_head, self.mdm_head)]
+
+    @torch.no_grad()
+    def reset_teacher(self) -> None:
+        """Make the teacher an exact copy of the student (weights and buffers) and freeze it."""
+        if self.teacher is None:
+            return
+        for teacher, student in self._teacher_pairs():
+            teacher.load_state_dict(student.state_dict())
+        self.teacher.requires_grad_(False)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """`teacher = momentum * teacher + (1 - momentum) * student` for every parameter (buffers: the teacher's
+        own). Call once per optimizer step, after `optimizer.step()`; does nothing without a teacher."""
+        if self.teacher is None:
+            return
+        for teacher, student in self._teacher_pairs():
+            ema_update(teacher.parameters(), student.parameters(), float(self.config.momentum))
+
+    def _vision_weights_loaded(self) -> None:
+        self.reset_teacher()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.from_pretrained`; a checkpoint without teacher weights (a fine-tuned or converted
+        model) gets the teacher copied from the loaded student, and the teacher is frozen either way."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if model.teacher is not None:
+            if any(key.startswith("teacher.") for key in info["missing_keys"]):
+                model.reset_teacher()
+                info["missing_keys"] = [key for key in info["missing_keys"] if not key.startswith("teacher.")]
+            model.teacher.requires_grad_(False)
+        return (model, info) if wants_info else model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.rgbd_albef.get_input_embeddings()
+
+    def _check_depth_tokens(self, depth_token_ids: Any, batch_size: int, num_patches: int) -> torch.Tensor:
+        config = self.config
+        if depth_token_ids is None:
+            raise ValueError(
+                "`depth_token_ids` are required for masked depth modelling (`mdm_mask_ratio` > 0): make them with a "
+                f"processor whose `depth_vocab_size={config.depth_vocab_size}` and `depth_patch_size` is the depth "
+                "tower's patch size, or set `mdm_mask_ratio=0`."
+            )
+        if not isinstance(depth_token_ids, torch.Tensor) or depth_token_ids.is_floating_point() or depth_token_ids.dtype == torch.bool:
+            raise ValueError(f"`depth_token_ids` must be an integer tensor, got {getattr(depth_token_ids, 'dtype', type(depth_token_ids).__name__)}.")
+        if tuple(depth_token_ids.shape) != (batch_size, num_patches):
+            raise ValueError(
+                f"`depth_token_ids` must have shape ({batch_size}, {num_patches}) (one word per depth patch of "
+                f"{config.depth_config.patch_size_pair[0]} pixels), got {tuple(depth_token_ids.shape)}: was it made with "
+                "another `depth_patch_size` or image size?"
+            )
+        depth_token_ids = depth_token_ids.long()
+        valid = ((depth_token_ids >= 0) & (depth_token_ids < config.depth_vocab_size)) | (depth_token_ids == IGNORE_INDEX)
+        torch._assert_async(
+            valid.all(),
+            f"`depth_token_ids` must lie in [0, {config.depth_vocab_size}) (config.depth_vocab_size) or be -100: they "
+            "come from a processor with another `depth_vocab_size`.",
+        )
+        return depth_token_ids
+
+    def _check_scene_ids(self, scene_ids: Any, batch_size: int) -> torch.Tensor | None:
+        if scene_ids is None:
+            return None
+        if not isinstance(scene_ids, torch.Tensor) or scene_ids.is_floating_point() or scene_ids.dtype == torch.bool:
+            raise ValueError(f"`scene_ids` must be an integer tensor, got {getattr(scene_ids, 'dtype', type(scene_ids).__name__)}.")
+        if tuple(scene_ids.shape) != (batch_size,):
+            raise ValueError(f"`scene_ids` must have one id per pair, shape ({batch_size},), got {tuple(scene_ids.shape)}.")
+        return scene_ids.long()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        depth_token_ids: torch.Tensor | None = None,
+        scene_ids: torch.Tensor | None = None,
+        return_loss: bool = True,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> RgbdAlbefForPreTrainingOutput:
+        """One pretraining step's losses on paired RGB-D batches.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised RGB.
+            depth_values: (B, C_d, H, W) depth representation.
+            depth_mask: (B, 1, H, W) bool, False at holes.
+            depth_token_ids: (B, N) long depth words (the processor's, made with this config's vocabulary, patch
+                size and depth range; -100 for patches without depth); required when `mdm_mask_ratio > 0`.
+            scene_ids: (B,) long; pairs of one scene are never negatives of each other (ITC and ITM).
+            return_loss: accepted for Trainer compatibility; the losses are always computed.
+
+        Returns:
+            [`RgbdAlbefForPreTrainingOutput`].
+        """
+        config = self.config
+        batch_size = _check_pairs(pixel_values, depth_values, "RgbdAlbefForPreTraining")
+        _, world_size = distributed_world()
+        if batch_size * world_size < 2:
+            raise ValueError(
+                "RgbdAlbefForPreTraining needs at least 2 pairs per (global) batch: ITM draws its negatives from the "
+                "batch (and ITC too without a queue); got a batch of one."
+            )
+        scene_ids = self._check_scene_ids(scene_ids, batch_size)
+        model = self.rgbd_albef
+        depth_config = config.depth_config
+        check_flag(kwargs.pop("return_dict", True), "return_dict")
+
+        depth_mask = effective_depth_mask(depth_values, depth_mask)
+        mdm_on = config.mdm_mask_ratio > 0
+        if mdm_on:
+            depth_token_ids = self._check_depth_tokens(depth_token_ids, batch_size, depth_config.num_patches)
+            mdm_mask = draw_mdm_mask(depth_token_ids, float(config.mdm_mask_ratio))
+            depth_mask = depth_mask & ~patch_mask_to_pixels(mdm_mask, depth_config.grid_size, depth_config.patch_size_pair)
+        else:
+            mdm_mask = None
+
+        # one pass of each tower, shared by the three losses
+        rgb_outputs = model.get_rgb_features(pixel_values, return_dict=True, **kwargs)
+        depth_outputs = model.get_depth_features(depth_values, depth_mask, return_dict=True, **kwargs)
+        rgb_embeds = F.normalize(rgb_outputs.pooler_output, dim=-1)
+        depth_embeds = F.normalize(depth_outputs.pooler_output, dim=-1)
+        depth_key_mask = model.depth_key_mask(depth_values, depth_mask)
+        drop_rgb = None
+        if self.training and config.modality_dropout[0] > 0:
+            drop_rgb = torch.rand(batch_size, device=pixel_values.device) < config.modality_dropout[0]
+
+        teacher_embeds = teacher_mdm_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher.model
+                teacher_rgb = teacher.get_rgb_features(pixel_values, return_dict=True)
+                teacher_depth = teacher.get_depth_features(depth_values, depth_mask, return_dict=True)
+                teacher_embeds = (
+                    F.normalize(teacher_rgb.pooler_output, dim=-1),
+                    F.normalize(teacher_depth.pooler_output, dim=-1),
+                )
+                if mdm_on and config.distillation_alpha > 0:
+                    keys, key_mask = teacher.rgb_keys(teacher_rgb.last_hidden_state, drop_rgb, batch_size)
+                    fused = teacher.fuse(teacher_depth.last_hidden_state, depth_key_mask, keys, key_mask)
+                    teacher_mdm_logits = self.teacher.mdm_head(fused.last_hidden_state[:, 1:])
+
+        # ITC over the global batch (and the queue)
+        all_scene_ids = gather_without_grad(scene_ids) if scene_ids is not None else None
+        loss_itc, logits_per_rgb, logits_per_depth = global_contrastive_loss(
+            rgb_embeds,
+            depth_embeds,
+            model.scaled_logit_scale(),
+            scene_ids=scene_ids,
+            queue=self.queue,
+            teacher_embeds=teacher_embeds,
+            distillation_alpha=float(config.distillation_alpha),
+        )
+
+        # ITM: positives, then (RGB i, hard negative depth), then (hard negative RGB, depth i), one fusion pass
+        negative_depth, negative_rgb = sample_hard_negatives(logits_per_rgb, logits_per_depth, all_scene_ids)
+        all_rgb_states = gather_with_grad(rgb_outputs.last_hidden_state)
+        all_depth_states = gather_with_grad(depth_outputs.last_hidden_state)
+        all_depth_key_mask = gather_without_grad(depth_key_mask)
+        depth_states = torch.cat([depth_outputs.last_hidden_state, all_depth_states[negative_depth], depth_outputs.last_hidden_state])
+        key_masks = torch.cat([depth_key_mask, all_depth_key_mask[negative_depth], depth_key_mask])
+        rgb_states = torch.cat([rgb_outputs.last_hidden_state, rgb_outputs.last_hidden_state, all_rgb_states[negative_rgb]])
+        drop_all = None
+        if drop_rgb is not None:
+            drop_all = torch.cat([drop_rgb, torch.zeros_like(drop_rgb), torch.zeros_like(drop_rgb)])
+        rgb_keys, rgb_key_mask = model.rgb_keys(rgb_states, drop_all, 3 * batch_size)
+        fused = model.fuse(depth_states, key_masks, rgb_keys, rgb_key_mask, **kwargs)
+        itm_logits = self.itm_head(fused.pooler_output)
+        positive_labels = torch.ones(batch_size, dtype=torch.long, device=itm_logits.device)
+        if drop_rgb is not None:
+            positive_labels = torch.where(drop_rgb, torch.full_like(positive_labels, IGNORE_INDEX), positive_labels)
+        itm_labels = torch.cat([positive_labels, positive_labels.new_zeros(2 * batch_size)])
+        loss_itm = matching_loss(itm_logits, itm_labels)
+
+        # MDM on the positives' masked patches
+        mdm_logits = self.mdm_head(fused.last_hidden_state[:batch_size, 1:])
+        if mdm_on:
+            loss_mdm = masked_depth_loss(
+                mdm_logits, depth_token_ids, mdm_mask, teacher_mdm_logits, float(config.distillation_alpha)
+            )
+        else:
+            loss_mdm = torch.zeros((), dtype=loss_itm.dtype, device=loss_itm.device)
+
+        if self.queue is not None and self.training:
+            self.queue.enqueue(teacher_embeds[0], teacher_embeds[1], scene_ids)
+        return RgbdAlbefForPreTrainingOutput(
+            loss=loss_itc + loss_itm + loss_mdm,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+            loss_mdm=loss_mdm,
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+            mdm_logits=mdm_logits,
+            mdm_mask=mdm_mask,
+            logits_per_rgb=logits_per_rgb,
+            rgb_embeds=rgb_embeds,
+            depth_embeds=depth_embeds,
+            negative_depth_index=negative_depth,
+            negative_rgb_index=negative_rgb,
+        )
+
+
+class RgbdAlbefForImageClassification(RgbdAlbefPreTrainedModel):
+    """Classification on the fused [CLS] (with `modalities="rgb"` / `"depth"`: on that tower's [CLS]).
+
+    `from_pretrained(pretraining_folder, num_labels=K)` loads the trunk; only the new head is reported missing
+    (the teacher, queue and pretraining heads are ignored). Either input may be None at inference with
+    `modalities="rgbd"` (see [`RgbdAlbefModel`]); train with `modality_dropout` for that to work well.
+    """
+
+    def __init__(self, config: RgbdAlbefConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.rgbd_albef = RgbdAlbefModel(config)
+        hidden = config.fusion_encoder_config.hidden_size if config.modalities == "rgbd" else (
+            config.rgb_config.hidden_size if config.modalities == "rgb" else config.depth_config.hidden_size
+        )
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        if config.auxiliary_loss_weight > 0 and config.num_labels > 0:
+            self.rgb_classifier = nn.Linear(config.rgb_config.hidden_size, config.num_labels)
+            self.depth_classifier = nn.Linear(config.depth_config.hidden_size, config.num_labels)
+        else:
+            self.rgb_classifier = None
+            self.depth_classifier = None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.rgbd_albef.get_input_embeddings()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> RgbdAlbefImageClassifierOutput:
+        """Classify RGB-D pairs.
+
+        Args:
+            pixel_values: (B, 3, H, W), or None (missing, `modalities="rgbd"`).
+            depth_values: (B, C_d, H, W), or None (missing, `modalities="rgbd"`).
+            depth_mask: (B, 1, H, W) bool, False at holes.
+            labels: (B,) class indices in [0, num_labels) or -100, or per `config.problem_type`.
+            interpolate_pos_encoding: accept other sizes than the configured ones.
+
+        Returns:
+            [`RgbdAlbefImageClassifierOutput`] with `logits` (B, num_labels).
+        """
+        outputs = self.rgbd_albef(
+            pixel_values=pixel_values,
+            depth_values=depth_values,
+            depth_mask=depth_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            **kwargs,
+        )
+        batch_size = outputs.pooler_output.shape[0]
+        if labels is not None:
+            check_labels(labels, batch_size)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        rgb_logits = depth_logits = None
+        if self.rgb_classifier is not None:
+            if outputs.rgb_model_output is not None:
+                rgb_logits = self.rgb_classifier(self.dropout(outputs.rgb_model_output.last_hidden_state[:, 0]))
+            if outputs.depth_model_output is not None:
+                depth_logits = self.depth_classifier(self.dropout(outputs.depth_model_output.last_hidden_state[:, 0]))
+        loss = None
+        if labels is not None:
+            labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
+            loss = classification_loss(self.loss_function, labels, logits, self.config)
+            for auxiliary_logits in (rgb_logits, depth_logits):
+                if auxiliary_logits is not None:
+                    loss = loss + self.config.auxiliary_loss_weight * classification_loss(
+                        self.loss_function, labels, auxiliary_logits, self.config
+                    )
+        return RgbdAlbefImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            rgb_logits=rgb_logits,
+            depth_logits=depth_logits,
+            pooler_output=outputs.pooler_output,
+            rgb_model_output=outputs.rgb_model_output,
+            depth_model_output=outputs.depth_model_output,
+            fusion_model_output=outputs.fusion_model_output,
+        )
+
+
+class RgbdAlbefForRgbdMatching(RgbdAlbefPreTrainedModel):
+    """RGB-depth matching, as `BlipForImageTextRetrieval`: `use_itm_head=True` scores pairs with the ITM head
+    (`itm_score` (B, 2) logits, index 1 = matched), `use_itm_head=False` gives the ITC cosine similarities
+    (B_rgb, B_depth), the filter that finds noisy pairs. Loads the trunk and ITM head of a pretraining checkpoint."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^queue\.", r"^mdm_head\."]
+
+    def __init__(self, config: RgbdAlbefConfig):
+        super().__init__(config)
+        _check_fused_config(config, "RgbdAlbefForRgbdMatching")
+        self.rgbd_albef = RgbdAlbefModel(config)
+        self.itm_head = RgbdMatchingHead(config.fusion_encoder_config.hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.rgbd_albef.get_input_embeddings()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        use_itm_head: bool = True,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> RgbdMatchingOutput:
+        """Score RGB-D pairs.
+
+        Args:
+            pixel_values: (B_rgb, 3, H, W); depth_values: (B_depth, C_d, H, W); depth_mask: (B_depth, 1, H, W).
+            use_itm_head: True: pairs (RGB i, depth i), B_rgb == B_depth, ITM logits (B, 2). False: every RGB
+                against every depth map, cosine similarities (B_rgb, B_depth).
+        """
+        if pixel_values is None or depth_values is None:
+            raise ValueError("matching needs `pixel_values` and `depth_values`.")
+        model = self.rgbd_albef
+        if check_flag(use_itm_head, "use_itm_head"):
+            _check_pairs(pixel_values, depth_values, "matching with `use_itm_head=True`")
+            outputs = model(
+                pixel_values=pixel_values,
+                depth_values=depth_values,
+                depth_mask=depth_mask,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                **kwargs,
+            )
+            return RgbdMatchingOutput(
+                itm_score=self.itm_head(outputs.pooler_output),
+                rgb_embeds=outputs.rgb_embeds,
+                depth_embeds=outputs.depth_embeds,
+                last_hidden_state=outputs.last_hidden_state,
+            )
+        kwargs = dict(kwargs, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        rgb_embeds = F.normalize(model.get_rgb_features(pixel_values, **kwargs).pooler_output, dim=-1)
+        depth_embeds = F.normalize(model.get_depth_features(depth_values, depth_mask, **kwargs).pooler_output, dim=-1)
+        return RgbdMatchingOutput(itm_score=rgb_embeds @ depth_embeds.t(), rgb_embeds=rgb_embeds, depth_embeds=depth_embeds)
+
+
+class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
+    """Depth completion with the pretrained MDM head: holes are MDM's masked patches, so each patch's depth is the
+    expectation (in log depth) of its predicted depth word over the bins' centres, and hole pixels take their
+    patch's depth. Valid pixels are returned unchanged. `pixel_values=None` completes from depth alone and
+    `depth_values=None` estimates depth from RGB alone (both learned with `modality_dropout` in pretraining).
+    Loads the trunk and MDM head of a pretraining checkpoint."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^queue\.", r"^itm_head\."]
+
+    def __init__(self, config: RgbdAlbefConfig):
+        super().__init__(config)
+        _check_fused_config(config, "RgbdAlbefForDepthCompletion")
+        self.rgbd_albef = RgbdAlbefModel(config)
+        fusion = config.fusion_encoder_config
+        self.mdm_head = RgbdMaskedDepthHead(fusion.hidden_size, config.depth_vocab_size, fusion.hidden_act, fusion.layer_norm_eps)
+        self.register_buffer(
+            "bin_centres", depth_bin_centres(config.depth_vocab_size, config.min_depth, config.max_depth), persistent=False
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.rgbd_albef.get_input_embeddings()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        depth_metres: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> RgbdDepthCompletionOutput:
+        """Fill the holes of depth maps.
+
+        Args:
+            pixel_values: (B, 3, H, W) or None.
+            depth_values: (B, C_d, H, W) depth representation, or None (no depth: estimate every pixel).
+            depth_mask: (B, 1, H, W) bool, False at the holes to fill.
+            depth_metres: (B, 1, H, W) or (B, H, W), the same depth in metres (e.g. the processor's
+                `to_metres(depth_values, depth_mask)`); its valid pixels are copied to the output. Required with
+                `depth_values`.
+            labels: (B, H, W) or (B, 1, H, W) true depth in metres (0 = unknown): `loss` is the mean absolute error
+                over the filled pixels where it is known.
+
+        Returns:
+            [`RgbdDepthCompletionOutput`] with `predicted_depth` (B, H, W) metres.
+        """
+        config = self.config.depth_config
+        if depth_values is not None:
+            if depth_metres is None:
+                raise ValueError(
+                    "`depth_metres` (the input depth in metres, (B, 1, H, W)) is required with `depth_values`: its "
+                    "valid pixels are returned unchanged."
+                )
+            if depth_metres.dim() == 3:
+                depth_metres = depth_metres.unsqueeze(1)
+            if tuple(depth_metres.shape) != (depth_values.shape[0], 1, *depth_values.shape[-2:]):
+                raise ValueError(
+                    f"`depth_metres` must have shape {(depth_values.shape[0], 1, *depth_values.shape[-2:])} like "
+                    f"`depth_values`, got {tuple(depth_metres.shape)}."
+                )
+            valid = effective_depth_mask(depth_values, depth_mask) & torch.isfinite(depth_metres) & (depth_metres > 0)
+        outputs = self.rgbd_albef(pixel_values=pixel_values, depth_values=depth_values, depth_mask=depth_mask, **kwargs)
+        probabilities = self.mdm_head(outputs.last_hidden_state[:, 1:]).float().softmax(-1)
+        patch_depth = torch.exp(probabilities @ torch.log(self.bin_centres))  # (B, N)
+        batch_size = patch_depth.shape[0]
+        grid = patch_depth.view(batch_size, 1, *config.grid_size)
+        pixel_depth = grid.repeat_interleave(config.patch_size_pair[0], dim=2).repeat_interleave(config.patch_size_pair[1], dim=3)
+        if depth_values is None:
+            valid = torch.zeros_like(pixel_depth, dtype=torch.bool)
+            predicted = pixel_depth
+        else:
+            predicted = torch.where(valid, depth_metres.to(pixel_depth.dtype), pixel_depth)
+        loss = None
+        if labels is not None:
+            if labels.dim() == 3:
+                labels = labels.unsqueeze(1)
+            if tuple(labels.shape) != tuple(predicted.shape):
+                raise ValueError(f"`labels` must have shape {tuple(predicted.shape[:1] + predicted.shape[2:])}, got {tuple(labels.shape)}.")
+            known = ~valid & torch.isfinite(labels) & (labels > 0)
+            error = torch.where(known, (predicted - labels.to(predicted.dtype)).abs(), torch.zeros_like(predicted))
+            loss = error.sum() / known.sum().clamp(min=1)
+        return RgbdDepthCompletionOutput(
+            loss=loss, predicted_depth=predicted[:, 0], predicted_patch_depth=patch_depth, hole_mask=~valid[:, 0]
+        )
+
+
+__all__ = [
+    "RgbdAlbefForDepthCompletion",
+    "RgbdAlbefForImageClassification",
+    "RgbdAlbefForPreTraining",
+    "RgbdAlbefForPreTrainingOutput",
+    "RgbdAlbefForRgbdMatching",
+    "RgbdAlbefImageClassifierOutput",
+    "RgbdAlbefModel",
+    "RgbdAlbefModelOutput",
+    "RgbdAlbefPreTrainedModel",
+    "RgbdAlbefTeacher",
+    "RgbdDepthCompletionOutput",
+    "RgbdFusionEncoder",
+    "RgbdMatchingOutput",
+]
