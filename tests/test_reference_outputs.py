@@ -2,8 +2,12 @@
 values recorded from main before the transformers-5 house rework (`tests/fixtures/reference/`, see
 `reference_cases.py`), from model folders that the code before the rework saved.
 
-Tolerance: `ATOL` (1e-6, relative 0) everywhere; `test_bit_exact_fields` lists the fields that are allowed to differ
-in the last bits because an operation order changed, and asserts that every other field is bit-identical.
+Tolerance: `field_tolerance`: 1e-6, or `SCALE_RTOL` (2e-6) of the field's largest magnitude where that is more
+(a few float32 ulps of the field's scale). On the machine kind that recorded the fixture every field was
+bit-identical (`NOT_BIT_EXACT` empty); CPUs of another kind (an AMD EPYC) run other kernels whose rounding moved
+190 of the 411 fields by up to 6e-7 of their scale, so `test_bit_exact_fields` asserts that every field is
+bit-identical or differs by rounding only (at most `ROUNDING_RTOL` = 1e-6 of its scale), and integer fields
+(token ids, predictions) are always identical.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ from safetensors.torch import load_file
 torch.set_num_threads(1)
 
 ATOL = 1e-6
+SCALE_RTOL = 2e-6
+ROUNDING_RTOL = 1e-6
+
+
+def field_tolerance(reference_value: torch.Tensor, relative: float = SCALE_RTOL) -> float:
+    """Absolute tolerance of one recorded field: `ATOL`, or `relative` times its largest finite magnitude."""
+    finite = reference_value[torch.isfinite(reference_value)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    return max(ATOL, relative * scale)
 # Fields whose computation order changed in the rework (prefix match on the flattened key); everything else must be
 # bit-identical to the recording.
 NOT_BIT_EXACT: tuple[str, ...] = ()
@@ -63,7 +76,9 @@ def compare(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], 
         value, reference_value = actual[key], expected[key]
         assert value.dtype == reference_value.dtype and value.shape == reference_value.shape, key
         if value.is_floating_point():
-            torch.testing.assert_close(value, reference_value, atol=ATOL, rtol=0, equal_nan=True, msg=key)
+            torch.testing.assert_close(
+                value, reference_value, atol=field_tolerance(reference_value), rtol=0, equal_nan=True, msg=key
+            )
         else:
             assert torch.equal(value, reference_value), key
 
@@ -77,7 +92,7 @@ def test_hidden_states_keep_their_meaning(current, reference):
     # hidden_states[0] is the embedding output, hidden_states[-1] the last layer's output before the final norm.
     last = reference["vit_rgb.eager.hidden_states.2"]
     assert not torch.allclose(last, reference["vit_rgb.eager.last_hidden_state"])
-    torch.testing.assert_close(current["vit_rgb.eager.hidden_states.2"], last, atol=ATOL, rtol=0)
+    torch.testing.assert_close(current["vit_rgb.eager.hidden_states.2"], last, atol=field_tolerance(last), rtol=0)
 
 
 @pytest.mark.parametrize("representation", cases.REPRESENTATIONS)
@@ -93,7 +108,18 @@ def test_attack_outputs_match_reference(name, current, reference):
 def test_bit_exact_fields(current, reference):
     differing = sorted(key for key in reference if not torch.equal(current[key], reference[key]))
     unexpected = [key for key in differing if not key.startswith(NOT_BIT_EXACT)]
-    assert not unexpected, f"not bit-identical: {unexpected}"
+    beyond_rounding = []
+    for key in unexpected:
+        value, reference_value = current[key], reference[key]
+        if not reference_value.is_floating_point():
+            beyond_rounding.append(key)  # integers never differ by rounding
+            continue
+        finite = torch.isfinite(reference_value)
+        difference = (value - reference_value).abs()[finite]
+        same_specials = torch.equal(torch.isfinite(value), finite)
+        if not same_specials or float(difference.max()) > field_tolerance(reference_value, ROUNDING_RTOL):
+            beyond_rounding.append(key)
+    assert not beyond_rounding, f"differ by more than float rounding: {beyond_rounding}"
 
 
 def test_resaved_folders_load_as_remote_code_without_package(tmp_path: Path, reference):
@@ -131,7 +157,11 @@ def test_resaved_folders_load_as_remote_code_without_package(tmp_path: Path, ref
             expected = {key: value for key, value in reference.items() if key.startswith(job["name"] + ".")}
             assert outputs.keys() == expected.keys(), (job["name"], sorted(outputs.keys() ^ expected.keys()))
             for key, value in expected.items():
-                torch.testing.assert_close(outputs[key], value, atol=1e-6, rtol=0, msg=key)
+                tolerance = 0.0
+                if value.is_floating_point():  # as field_tolerance in the test module
+                    finite = value[torch.isfinite(value)]
+                    tolerance = max(1e-6, 2e-6 * float(finite.abs().max())) if finite.numel() else 1e-6
+                torch.testing.assert_close(outputs[key], value, atol=tolerance, rtol=0, equal_nan=True, msg=key)
         print("REMOTE-OK", len(json.loads(sys.argv[1])))
         """
     )
