@@ -277,6 +277,8 @@ class MatchingObjective(ClassificationObjective):
         return labels
 
     def check_outputs(self, outputs: Any, labels: torch.Tensor, model: torch.nn.Module) -> None:
+        """ValueError naming `itm_score` when the outputs lack it or it is not (B, 2). A model that ignores
+        `use_itm_head` and returns (B, B) similarities is caught for every batch size but 2."""
         scores = _output_field(outputs, self.logits_key, model)
         expected = (labels.shape[0], 2)
         if tuple(scores.shape) != expected:
