@@ -119,6 +119,36 @@ def physical(batch, processor: RgbdProcessor) -> dict[str, torch.Tensor]:
     return {"pixel_values": batch["pixel_values"] * std + mean, "depth_values": depth}
 
 
+def assert_budget_invariants(
+    batch: BatchFeature, result, budget: dict[str, float], processor: RgbdProcessor, l2: bool = False
+) -> None:
+    """What every attack's returned batch (`result.inputs`) satisfies: the batch's type and keys; inputs outside
+    `budget`, the mask and the intrinsics unchanged; holes exactly 0; RGB in [0, 1] and depth in the processor's
+    range; each budgeted input perturbed (somewhere) within its budget in physical units (L-inf, or L2 with `l2`),
+    and `result.linf` agreeing."""
+    adversarial = result.inputs
+    assert isinstance(adversarial, BatchFeature) and list(adversarial) == list(batch)
+    for key in set(batch) - set(budget):
+        assert torch.equal(adversarial[key], batch[key]), key
+    holes = ~batch["depth_mask"]
+    assert bool((adversarial["depth_values"][holes.expand_as(adversarial["depth_values"])] == 0).all())
+    before, after = physical(batch, processor), physical(adversarial, processor)
+    rgb = after["pixel_values"]
+    assert rgb.min() >= -1e-6 and rgb.max() <= 1 + 1e-6
+    depth = processor.depth_image_processor
+    valid = after["depth_values"][batch["depth_mask"]]
+    assert valid.min() >= depth.min_depth - 1e-5 and valid.max() <= depth.max_depth + 1e-4
+    for name, eps in budget.items():
+        delta = (after[name] - before[name]).flatten(1)
+        if l2:
+            assert bool((delta.norm(dim=1) <= eps * (1 + 1e-4) + 1e-5).all()), name
+        else:
+            tolerance = 1e-5 if name == "pixel_values" else 1e-4 * depth.max_depth
+            assert bool((delta.abs().amax(dim=1) <= eps + tolerance).all()), name
+        assert bool((result.linf[name] <= (float("inf") if l2 else eps) + 1e-4).all())
+        assert delta.abs().max() > 0  # something was perturbed
+
+
 # ------------------------------------------------------------------------------------------------ invariants
 @pytest.mark.parametrize("kind", list(BUDGETS))
 @pytest.mark.parametrize(("attack_class", "kwargs"), ATTACKS, ids=ATTACK_IDS)
@@ -135,34 +165,10 @@ def test_budget_invariants(attack_class, kwargs, kind, processor, model):
     attack = attack_class(model, budget=budget, processor=processor, **kwargs)
     with torch.no_grad():
         result = attack.perturb(batch, labels)
-    adversarial = result.inputs
-
-    # Same type and keys; the caller's batch untouched.
-    assert isinstance(adversarial, BatchFeature) and list(adversarial) == list(batch)
+    # The caller's batch untouched.
     for key in batch:
         assert torch.equal(batch[key], original[key])
-    # Inputs outside the budget, the mask and the intrinsics: unchanged values.
-    for key in set(batch) - set(budget):
-        assert torch.equal(adversarial[key], batch[key]), key
-    # Holes stay holes, exactly 0 in the model's representation.
-    holes = ~batch["depth_mask"]
-    assert bool((adversarial["depth_values"][holes.expand_as(adversarial["depth_values"])] == 0).all())
-    # Ranges and budgets in physical units.
-    before, after = physical(batch, processor), physical(adversarial, processor)
-    rgb = after["pixel_values"]
-    assert rgb.min() >= -1e-6 and rgb.max() <= 1 + 1e-6
-    depth = processor.depth_image_processor
-    valid = after["depth_values"][batch["depth_mask"]]
-    assert valid.min() >= depth.min_depth - 1e-5 and valid.max() <= depth.max_depth + 1e-4
-    for name, eps in budget.items():
-        delta = (after[name] - before[name]).flatten(1)
-        if attack_class is PGDL2:
-            assert bool((delta.norm(dim=1) <= eps * (1 + 1e-4) + 1e-5).all()), name
-        else:
-            tolerance = 1e-5 if name == "pixel_values" else 1e-4 * depth.max_depth
-            assert bool((delta.abs().amax(dim=1) <= eps + tolerance).all()), name
-        assert bool((result.linf[name] <= (eps if attack_class is not PGDL2 else float("inf")) + 1e-4).all())
-        assert delta.abs().max() > 0  # something was perturbed
+    assert_budget_invariants(batch, result, budget, processor, l2=attack_class is PGDL2)
     # Guarantees: modes restored module by module, no weight gradients, requires_grad untouched, global RNG.
     assert {name: module.training for name, module in model.named_modules()} == modes
     assert all(p.grad is None for p in model.parameters())

@@ -8,6 +8,7 @@ from .gradient_attacks import BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM
 from .objectives import (
     AttackObjective,
     ClassificationObjective,
+    MatchingObjective,
     RetrievalObjective,
     cross_entropy_loss,
     dlr_loss,
@@ -27,6 +28,7 @@ __all__ = [
     "AttackObjective",
     "AttackResult",
     "ClassificationObjective",
+    "MatchingObjective",
     "RetrievalObjective",
     "RgbdAttack",
     "cross_entropy_loss",

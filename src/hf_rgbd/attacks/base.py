@@ -126,7 +126,8 @@ class RgbdAttack:
 
     Args:
         model (`torch.nn.Module`): a model called as `model(**inputs)` (e.g. [`RgbdCnnForImageClassification`],
-            [`RgbdClipForImageClassification`], [`RgbdClipModel`] with a [`RetrievalObjective`]).
+            [`RgbdClipForImageClassification`], [`RgbdClipModel`] with a [`RetrievalObjective`],
+            [`RgbdAlbefForRgbdMatching`] with a [`MatchingObjective`]).
         budget (`dict[str, float]`, defaults to `{"pixel_values": 8/255, "depth_values": 0.05}`): per input, the
             perturbation budget in physical units (L-inf, or L2 for [`PGDL2`]), a finite number >= 0. Inputs not
             named stay unchanged. An L-inf RGB budget above 1 is a ValueError (`8` meant `8 / 255`).
@@ -135,7 +136,8 @@ class RgbdAttack:
         random_start (`bool`, defaults to True): start from a uniformly random point of the budget ball.
         n_restarts (`int`, defaults to 1): independent runs; a sample keeps any success found.
         loss (`str`, callable or [`AttackObjective`], defaults to `"ce"`): `"ce"`, `"margin"` (CW-Linf), `"dlr"`,
-            a callable `(outputs, labels) -> (B,)` per-sample loss, or an objective such as [`RetrievalObjective`].
+            a callable `(outputs, labels) -> (B,)` per-sample loss, or an objective such as [`RetrievalObjective`] or
+            [`MatchingObjective`].
         targeted (`bool`, defaults to False): `labels` are targets and the loss is descended. Read from the attack
             only; the objective receives it with every call.
         processor ([`RgbdProcessor`], *optional*): the processor that made the batch (its normalisation and depth
@@ -226,7 +228,7 @@ class RgbdAttack:
                 (B, C_d, H, W), `depth_mask` (B, 1, H, W) bool, optionally `depth_token_ids`, `intrinsics`
                 (B, 3, 3; needed for the disparity representation) and `labels`.
             labels: (B,) class indices (targets when `targeted`); default `inputs["labels"]`. Retrieval objectives
-                default to the diagonal.
+                default to the diagonal, matching objectives to every pair matched (1).
 
         Returns:
             [`AttackResult`] with the adversarial batch (`inputs`), the final iterate (`final_inputs`) and the

@@ -2,12 +2,9 @@
 
 An objective turns a model's outputs into a per-sample loss and a per-sample success flag, and says which extra
 keyword arguments the forward pass needs. Classification attacks use [`ClassificationObjective`] (`"ce"`,
-`"margin"`, `"dlr"` or a callable); RGB -> depth retrieval on [`RgbdClipModel`] uses [`RetrievalObjective`] (ITC).
-
-Adding an objective for a matching (ITM) head is a small addition: the head's output is a classifier over
-{not matched, matched}, so `ClassificationObjective(loss="ce", logits_key="itm_logits")` with labels 1 (matched)
-already pushes matched pairs to "not matched"; a subclass only needs to fill in default labels and any extra
-forward arguments through `model_kwargs()`.
+`"margin"`, `"dlr"` or a callable); RGB -> depth retrieval on [`RgbdClipModel`] uses [`RetrievalObjective`] (ITC);
+RGB-depth matching through an ITM head ([`RgbdAlbefForRgbdMatching`], `itm_score` (B, 2)) uses
+[`MatchingObjective`], a classification objective over {not matched, matched} with "matched" as default label.
 """
 
 from __future__ import annotations
@@ -234,6 +231,63 @@ class RetrievalObjective(AttackObjective):
         return retrieved == labels if targeted else retrieved != labels
 
 
+class MatchingObjective(ClassificationObjective):
+    """ITM objective for a matching model: push matched RGB-depth pairs to "not matched" through the model's
+    matching head, called with `use_itm_head=True` and returning `itm_score` (B, 2) logits, index 1 = matched
+    ([`RgbdAlbefForRgbdMatching`]).
+
+    Labels (B,) are 1 (the pair is matched), 0 (not matched) or -100 (ignored); the default is every pair matched.
+    An untargeted attack ascends the loss of the label and succeeds once the head's argmax differs from it; a
+    targeted attack takes the labels as targets (e.g. 1 to make mismatched pairs pass as matched).
+
+    Args:
+        loss (`str`, defaults to `"ce"`): `"ce"` (cross-entropy of `itm_score`, the per-pair ITM loss) or
+            `"margin"` (the other class's logit minus the label's, as [`margin_loss`]: positive once the head's
+            decision differs from the label).
+
+    The ITM head scores each pair (RGB i, depth i) on its own, so the samples stay independent whatever is
+    perturbed.
+    """
+
+    def __init__(self, loss: str = "ce") -> None:
+        if loss not in ("ce", "margin"):
+            raise ValueError(f'`loss` of a MatchingObjective must be "ce" or "margin", got {loss!r}.')
+        super().__init__(loss, logits_key="itm_score")
+
+    def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
+        """ValueError naming `itm_score` when the model's forward cannot take `use_itm_head`."""
+        from .base import _forward_parameters  # base imports this module
+
+        accepted = _forward_parameters(model)
+        if accepted is not None and "use_itm_head" not in accepted:
+            raise ValueError(
+                f"a MatchingObjective needs a matching model whose forward takes `use_itm_head` and returns "
+                f"`itm_score` (B, 2); {type(model).__name__}.forward does not take `use_itm_head`."
+            )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"use_itm_head": True}
+
+    def prepare_labels(self, labels: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B,) long on `device`: the given labels, each 0, 1 or -100, or all 1 (matched) when None."""
+        if labels is None:
+            return torch.ones(batch_size, dtype=torch.long, device=device)
+        labels = super().prepare_labels(labels, batch_size, device)
+        check_label_range(labels, 2)
+        return labels
+
+    def check_outputs(self, outputs: Any, labels: torch.Tensor, model: torch.nn.Module) -> None:
+        """ValueError naming `itm_score` when the outputs lack it or it is not (B, 2). A model that ignores
+        `use_itm_head` and returns (B, B) similarities is caught for every batch size but 2."""
+        scores = _output_field(outputs, self.logits_key, model)
+        expected = (labels.shape[0], 2)
+        if tuple(scores.shape) != expected:
+            raise ValueError(
+                f"`itm_score` must be the matching head's (B, 2) logits, shape {expected}, but "
+                f"{type(model).__name__} returned shape {tuple(scores.shape)} (did it ignore `use_itm_head=True`?)."
+            )
+
+
 def make_objective(loss: str | LossFunction | AttackObjective) -> AttackObjective:
     """An [`AttackObjective`] from an attack's `loss` argument."""
     if isinstance(loss, AttackObjective):
@@ -245,6 +299,7 @@ __all__ = [
     "LOSSES",
     "AttackObjective",
     "ClassificationObjective",
+    "MatchingObjective",
     "RetrievalObjective",
     "cross_entropy_loss",
     "dlr_loss",
