@@ -865,9 +865,6 @@ class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
         self.rgbd_albef = RgbdAlbefModel(config)
         fusion = config.fusion_encoder_config
         self.mdm_head = RgbdMaskedDepthHead(fusion.hidden_size, config.depth_vocab_size, fusion.hidden_act, fusion.layer_norm_eps)
-        self.register_buffer(
-            "bin_centres", depth_bin_centres(config.depth_vocab_size, config.min_depth, config.max_depth), persistent=False
-        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -915,7 +912,8 @@ class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
             valid = effective_depth_mask(depth_values, depth_mask) & torch.isfinite(depth_metres) & (depth_metres > 0)
         outputs = self.rgbd_albef(pixel_values=pixel_values, depth_values=depth_values, depth_mask=depth_mask, **kwargs)
         probabilities = self.mdm_head(outputs.last_hidden_state[:, 1:]).float().softmax(-1)
-        patch_depth = torch.exp(probabilities @ torch.log(self.bin_centres))  # (B, N)
+        centres = depth_bin_centres(self.config.depth_vocab_size, self.config.min_depth, self.config.max_depth)
+        patch_depth = torch.exp(probabilities @ torch.log(centres.to(probabilities.device)))  # (B, N)
         batch_size = patch_depth.shape[0]
         grid = patch_depth.view(batch_size, 1, *config.grid_size)
         pixel_depth = grid.repeat_interleave(config.patch_size_pair[0], dim=2).repeat_interleave(config.patch_size_pair[1], dim=3)
