@@ -292,6 +292,10 @@ class RgbdAlbefPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreT
                     init.normal_(projection.weight, mean=0.0, std=tower.config.hidden_size**-0.5)
             if module.missing_rgb_embedding is not None:
                 init.trunc_normal_(module.missing_rgb_embedding, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, RgbdAlbefForDepthCompletion):
+            # a non-persistent buffer: `from_pretrained` leaves it uninitialised (empty) unless it is set here
+            config = module.config
+            init.copy_(module.bin_centres, depth_bin_centres(config.depth_vocab_size, config.min_depth, config.max_depth))
 
     @classmethod
     def _vision_pretrained_config_fields(cls, tower_kwargs: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
