@@ -177,8 +177,8 @@ class RgbdAlbefConfig(RgbdSharedConfigMixin, PreTrainedConfig):
     def check_processor(self, processor: Any) -> None:
         """ValueError naming the setting when a processor's depth words do not fit this model: its
         `depth_vocab_size`, `depth_patch_size` (the depth tower's `patch_size`) and `min_depth` / `max_depth`.
-        `processor`: an `RgbdProcessor` or its `depth_processor`."""
-        depth_processor = getattr(processor, "depth_processor", processor)
+        `processor`: an `RgbdProcessor` or its `depth_image_processor` (an `RgbdDepthProcessor`)."""
+        depth_processor = getattr(processor, "depth_image_processor", processor)
         expected = {
             "depth_vocab_size": self.depth_vocab_size,
             "depth_patch_size": self.depth_config.patch_size_pair[0],

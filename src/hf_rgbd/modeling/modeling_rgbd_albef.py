@@ -67,8 +67,37 @@ logger = logging.get_logger(__name__)
 
 
 # -------------------------------------------------------------------------------------------------------- outputs
+class _FusionPartsOutputMixin:
+    """`to_tuple` and the `hidden_states` / `attentions` / `cross_attentions` views of the outputs that keep the
+    parts' full outputs in `rgb_model_output` / `depth_model_output` / `fusion_model_output`."""
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+    def _parts_field(self, name: str, parts: tuple[str, ...]) -> tuple[torch.Tensor, ...] | None:
+        fields = [getattr(getattr(self, part), name, None) for part in parts if getattr(self, part) is not None]
+        tensors = [tensor for field in fields if field is not None for tensor in field]
+        return tuple(tensors) if tensors else None
+
+    @property
+    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        """Hidden states of the RGB tower, then the depth tower, then the fusion encoder (those computed), or None."""
+        return self._parts_field("hidden_states", ("rgb_model_output", "depth_model_output", "fusion_model_output"))
+
+    @property
+    def attentions(self) -> tuple[torch.Tensor, ...] | None:
+        """Self-attention weights of the RGB tower's layers, then the depth tower's, then the fusion encoder's
+        (eager attention, `output_attentions=True`), or None."""
+        return self._parts_field("attentions", ("rgb_model_output", "depth_model_output", "fusion_model_output"))
+
+    @property
+    def cross_attentions(self) -> tuple[torch.Tensor, ...] | None:
+        """Cross-attention weights (depth tokens -> RGB tokens) of the fusion encoder's layers, or None."""
+        return self._parts_field("cross_attentions", ("fusion_model_output",))
+
+
 @dataclass
-class RgbdAlbefModelOutput(ModelOutput):
+class RgbdAlbefModelOutput(_FusionPartsOutputMixin, ModelOutput):
     r"""Output of [`RgbdAlbefModel`].
 
     Args:
@@ -79,6 +108,9 @@ class RgbdAlbefModelOutput(ModelOutput):
             modality not given).
         rgb_model_output / depth_model_output / fusion_model_output (`BaseModelOutputWithPooling`): the parts'
             outputs (hidden states, attentions and the fusion encoder's `cross_attentions` when asked for).
+
+    The properties `hidden_states` / `attentions` concatenate the parts' tuples (RGB tower, depth tower, fusion
+    encoder), `cross_attentions` is the fusion encoder's.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -88,16 +120,6 @@ class RgbdAlbefModelOutput(ModelOutput):
     rgb_model_output: BaseModelOutputWithPooling | None = None
     depth_model_output: BaseModelOutputWithPooling | None = None
     fusion_model_output: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-    @property
-    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
-        """Hidden states of the RGB tower, then the depth tower, then the fusion encoder (those computed), or None."""
-        parts = [self.rgb_model_output, self.depth_model_output, self.fusion_model_output]
-        states = [tensor for part in parts if part is not None and part.hidden_states is not None for tensor in part.hidden_states]
-        return tuple(states) if states else None
 
 
 @dataclass
@@ -136,7 +158,7 @@ class RgbdAlbefForPreTrainingOutput(ModelOutput):
 
 
 @dataclass
-class RgbdAlbefImageClassifierOutput(ModelOutput):
+class RgbdAlbefImageClassifierOutput(_FusionPartsOutputMixin, ModelOutput):
     r"""Output of [`RgbdAlbefForImageClassification`].
 
     Args:
@@ -144,7 +166,8 @@ class RgbdAlbefImageClassifierOutput(ModelOutput):
         logits (`torch.Tensor` (B, num_labels)): scores from the fused [CLS] (or the one tower's [CLS]).
         rgb_logits / depth_logits (`torch.Tensor` (B, num_labels)): auxiliary heads (`auxiliary_loss_weight > 0`).
         pooler_output (`torch.Tensor` (B, D)): the classifier's input.
-        rgb_model_output / depth_model_output / fusion_model_output: as in [`RgbdAlbefModelOutput`].
+        rgb_model_output / depth_model_output / fusion_model_output: as in [`RgbdAlbefModelOutput`], with the same
+            `hidden_states` / `attentions` / `cross_attentions` properties.
     """
 
     loss: torch.Tensor | None = None
@@ -269,6 +292,10 @@ class RgbdAlbefPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreT
                     init.normal_(projection.weight, mean=0.0, std=tower.config.hidden_size**-0.5)
             if module.missing_rgb_embedding is not None:
                 init.trunc_normal_(module.missing_rgb_embedding, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, RgbdAlbefForDepthCompletion):
+            # a non-persistent buffer: `from_pretrained` leaves it uninitialised (empty) unless it is set here
+            config = module.config
+            init.copy_(module.bin_centres, depth_bin_centres(config.depth_vocab_size, config.min_depth, config.max_depth))
 
     @classmethod
     def _vision_pretrained_config_fields(cls, tower_kwargs: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

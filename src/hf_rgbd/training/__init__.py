@@ -1,4 +1,5 @@
-"""hf_rgbd.training: the classifier training loop and Madry adversarial training (`AdversarialTrainer`)."""
+"""hf_rgbd.training: the classifier training loop, Madry adversarial training (`AdversarialTrainer`) and the
+Trainer callback of momentum distillation (`MomentumUpdateCallback`)."""
 
 from .classification import (
     MODALITY_INPUT_KEYS,
@@ -13,6 +14,7 @@ __all__ = [
     "MODALITY_INPUT_KEYS",
     "AdversarialTrainer",
     "ClassifierTrainingResult",
+    "MomentumUpdateCallback",
     "classification_accuracy",
     "to_channels_last",
     "train_classifier",
@@ -21,9 +23,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # `AdversarialTrainer` imports `transformers.Trainer` (about a second): loaded on first use, not at import.
+    # `AdversarialTrainer` and `MomentumUpdateCallback` import `transformers.Trainer` (about a second): loaded on
+    # first use, not at import.
     if name == "AdversarialTrainer":
         from .adversarial_training import AdversarialTrainer
 
         return AdversarialTrainer
+    if name == "MomentumUpdateCallback":
+        from .callbacks import MomentumUpdateCallback
+
+        return MomentumUpdateCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
