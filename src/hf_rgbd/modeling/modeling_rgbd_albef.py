@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
@@ -37,7 +37,6 @@ from .modeling_rgbd_clip import RgbdDualTowerMixin, RgbdVisionPretrainedMixin
 from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
     check_classification_labels,
-    check_depth_mask,
     check_flag,
     check_labels,
     classification_loss,
@@ -56,6 +55,7 @@ from .modeling_rgbd_pretraining import (
     gather_with_grad,
     gather_without_grad,
     global_contrastive_loss,
+    global_uniform,
     masked_depth_loss,
     matching_loss,
     patch_mask_to_pixels,
@@ -245,7 +245,7 @@ class RgbdFusionEncoder(RgbdVitPreTrainedModel):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """hidden_states (B, L, D) queries, attention_mask (B, L) bool key mask; encoder_hidden_states (B, L_e, D),
         encoder_attention_mask (B, L_e) bool."""
         outputs = self.encoder(
@@ -256,7 +256,7 @@ class RgbdFusionEncoder(RgbdVitPreTrainedModel):
             **kwargs,
         )
         sequence = self.layernorm(outputs.last_hidden_state)
-        return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=sequence[:, 0])
+        return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence, pooler_output=sequence[:, 0])
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -292,10 +292,6 @@ class RgbdAlbefPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreT
                     init.normal_(projection.weight, mean=0.0, std=tower.config.hidden_size**-0.5)
             if module.missing_rgb_embedding is not None:
                 init.trunc_normal_(module.missing_rgb_embedding, mean=0.0, std=self.config.initializer_range)
-        if isinstance(module, RgbdAlbefForDepthCompletion):
-            # a non-persistent buffer: `from_pretrained` leaves it uninitialised (empty) unless it is set here
-            config = module.config
-            init.copy_(module.bin_centres, depth_bin_centres(config.depth_vocab_size, config.min_depth, config.max_depth))
 
     @classmethod
     def _vision_pretrained_config_fields(cls, tower_kwargs: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -654,7 +650,7 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
         depth_key_mask = model.depth_key_mask(depth_values, depth_mask)
         drop_rgb = None
         if self.training and config.modality_dropout[0] > 0:
-            drop_rgb = torch.rand(batch_size, device=pixel_values.device) < config.modality_dropout[0]
+            drop_rgb = global_uniform(batch_size, device=pixel_values.device) < config.modality_dropout[0]
 
         teacher_embeds = teacher_mdm_logits = None
         if self.teacher is not None:
