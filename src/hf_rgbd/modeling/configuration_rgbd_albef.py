@@ -14,6 +14,7 @@ from .configuration_rgbd_common import (
     ModalityDropout,
     RgbdModalities,
     RgbdSharedConfigMixin,
+    RgbdTwoTowerConfigMixin,
     check_positive_int,
     check_probability,
     is_number,
@@ -27,7 +28,7 @@ _SMALL_FUSION = dict(num_hidden_layers=2)
 
 
 @strict
-class RgbdAlbefConfig(RgbdSharedConfigMixin, PreTrainedConfig):
+class RgbdAlbefConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, PreTrainedConfig):
     r"""Configuration of the fusion encoder family ([`RgbdAlbefModel`], [`RgbdAlbefForPreTraining`],
     [`RgbdAlbefForImageClassification`], [`RgbdAlbefForRgbdMatching`], [`RgbdAlbefForDepthCompletion`]).
 
@@ -155,19 +156,6 @@ class RgbdAlbefConfig(RgbdSharedConfigMixin, PreTrainedConfig):
         check_probability("distillation_alpha", self.distillation_alpha, closed=True)
         if not isinstance(self.queue_size, int) or isinstance(self.queue_size, bool) or self.queue_size < 0:
             raise ValueError(f"`queue_size` must be an int >= 0, got {self.queue_size!r}.")
-
-    def validate_auxiliary_loss_weight(self) -> None:
-        if not is_number(self.auxiliary_loss_weight) or self.auxiliary_loss_weight < 0:
-            raise ValueError(f"`auxiliary_loss_weight` must be a number >= 0, got {self.auxiliary_loss_weight!r}.")
-        if self.auxiliary_loss_weight > 0 and self.modalities != "rgbd":
-            raise ValueError(
-                f"`auxiliary_loss_weight` needs both modalities, but `modalities={self.modalities!r}`; use 0.0."
-            )
-
-    @property
-    def active_modalities(self) -> tuple[str, ...]:
-        """The towers this config builds: `("rgb", "depth")`, `("rgb",)` or `("depth",)`."""
-        return {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}[self.modalities]
 
     @property
     def uses_teacher(self) -> bool:

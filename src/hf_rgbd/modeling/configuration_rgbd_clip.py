@@ -14,6 +14,7 @@ from .configuration_rgbd_common import (
     ModalityDropout,
     RgbdModalities,
     RgbdSharedConfigMixin,
+    RgbdTwoTowerConfigMixin,
     check_positive_int,
     normalize_modality_dropout,
 )
@@ -21,7 +22,7 @@ from .configuration_rgbd_vit import RgbdVitConfig
 
 
 @strict
-class RgbdClipConfig(RgbdSharedConfigMixin, PreTrainedConfig):
+class RgbdClipConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, PreTrainedConfig):
     r"""Configuration of [`RgbdClipModel`] and [`RgbdClipForImageClassification`].
 
     An RGB ViT tower (`rgb_config`) and a depth ViT tower (`depth_config`), each followed by a linear projection to
@@ -96,19 +97,6 @@ class RgbdClipConfig(RgbdSharedConfigMixin, PreTrainedConfig):
 
     def validate_projection_dim(self) -> None:
         check_positive_int("projection_dim", self.projection_dim)
-
-    def validate_auxiliary_loss_weight(self) -> None:
-        if self.auxiliary_loss_weight < 0:
-            raise ValueError(f"`auxiliary_loss_weight` must be a number >= 0, got {self.auxiliary_loss_weight!r}.")
-        if self.auxiliary_loss_weight > 0 and self.modalities != "rgbd":
-            raise ValueError(
-                f"`auxiliary_loss_weight` needs both modalities, but `modalities={self.modalities!r}`; use 0.0."
-            )
-
-    @property
-    def active_modalities(self) -> tuple[str, ...]:
-        """The towers this config builds: `("rgb", "depth")`, `("rgb",)` or `("depth",)`."""
-        return {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}[self.modalities]
 
     @classmethod
     def tiny(cls, **kwargs: Any) -> "RgbdClipConfig":

@@ -76,8 +76,27 @@ class RgbdSharedConfigMixin:
         check_probability("classifier_dropout", self.classifier_dropout)
 
 
+class RgbdTwoTowerConfigMixin:
+    """`active_modalities` and the `auxiliary_loss_weight` validator of the families with an RGB and a depth tower
+    (dual encoder, fusion encoder); listed before `PreTrainedConfig` in the bases, like `RgbdSharedConfigMixin`."""
+
+    def validate_auxiliary_loss_weight(self) -> None:
+        if not is_number(self.auxiliary_loss_weight) or self.auxiliary_loss_weight < 0:
+            raise ValueError(f"`auxiliary_loss_weight` must be a number >= 0, got {self.auxiliary_loss_weight!r}.")
+        if self.auxiliary_loss_weight > 0 and self.modalities != "rgbd":
+            raise ValueError(
+                f"`auxiliary_loss_weight` needs both modalities, but `modalities={self.modalities!r}`; use 0.0."
+            )
+
+    @property
+    def active_modalities(self) -> tuple[str, ...]:
+        """The towers this config builds: `("rgb", "depth")`, `("rgb",)` or `("depth",)`."""
+        return {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}[self.modalities]
+
+
 __all__ = [
     "RGBD_MODALITIES",
+    "RgbdTwoTowerConfigMixin",
     "ModalityDropout",
     "RgbdModalities",
     "RgbdSharedConfigMixin",

@@ -39,7 +39,7 @@ from .modeling_rgbd_common import (
     check_classification_labels,
     check_flag,
     check_labels,
-    classification_loss,
+    fused_classification_loss,
     draw_modality_dropout,
     effective_depth_mask,
 )
@@ -797,12 +797,9 @@ class RgbdAlbefForImageClassification(RgbdAlbefPreTrainedModel):
         loss = None
         if labels is not None:
             labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
-            loss = classification_loss(self.loss_function, labels, logits, self.config)
-            for auxiliary_logits in (rgb_logits, depth_logits):
-                if auxiliary_logits is not None:
-                    loss = loss + self.config.auxiliary_loss_weight * classification_loss(
-                        self.loss_function, labels, auxiliary_logits, self.config
-                    )
+            loss = fused_classification_loss(
+                self.loss_function, labels, logits, (rgb_logits, depth_logits), self.config
+            )
         return RgbdAlbefImageClassifierOutput(
             loss=loss,
             logits=logits,

@@ -31,7 +31,7 @@ from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
     check_classification_labels,
     check_labels,
-    classification_loss,
+    fused_classification_loss,
     draw_modality_dropout,
 )
 from .modeling_rgbd_pretraining import distributed_world, global_contrastive_loss
@@ -662,12 +662,9 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
         loss = None
         if labels is not None:
             labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
-            loss = classification_loss(self.loss_function, labels, logits, self.config)
-            for auxiliary_logits in (rgb_logits, depth_logits):
-                if auxiliary_logits is not None:
-                    loss = loss + self.config.auxiliary_loss_weight * classification_loss(
-                        self.loss_function, labels, auxiliary_logits, self.config
-                    )
+            loss = fused_classification_loss(
+                self.loss_function, labels, logits, (rgb_logits, depth_logits), self.config
+            )
         return RgbdClipImageClassifierOutput(
             loss=loss,
             logits=logits,

@@ -174,6 +174,22 @@ def classification_loss(
     return torch.where(counted, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
+def fused_classification_loss(
+    loss_function: Callable[..., torch.Tensor],
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    auxiliary_logits: tuple[torch.Tensor | None, ...],
+    config: Any,
+) -> torch.Tensor:
+    """`classification_loss` of the fused `logits` plus `config.auxiliary_loss_weight` times that of each given
+    per-modality auxiliary head's logits (None: that head or modality is absent)."""
+    loss = classification_loss(loss_function, labels, logits, config)
+    for head_logits in auxiliary_logits:
+        if head_logits is not None:
+            loss = loss + config.auxiliary_loss_weight * classification_loss(loss_function, labels, head_logits, config)
+    return loss
+
+
 def check_flag(value: Any, name: str) -> bool:
     """`value` if it is a bool (or None, read as False); ValueError naming `name` otherwise (a tensor or a string
     here is a misplaced argument, and its truth value would be silently wrong)."""
@@ -195,5 +211,6 @@ __all__ = [
     "classification_loss",
     "draw_modality_dropout",
     "effective_depth_mask",
+    "fused_classification_loss",
     "label_problem_type",
 ]
