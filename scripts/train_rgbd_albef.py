@@ -16,6 +16,8 @@ Per seed (`--seeds`):
    weights: fused (with modality dropout and per-tower auxiliary heads), RGB-only and depth-only, same epochs and
    hyper-parameters; test accuracy. For the seeds in `--scratch-seeds`, the fused classifier is also trained from
    scratch for as many epochs as fit the wall time of pretraining + fused fine-tuning.
+Seeds run `--workers` at a time in separate processes (`--threads` split among them); the from-scratch
+fine-tuning of a seed is queued as its own job once that seed has measured its budget.
 Once (first seed): `MatchingObjective` PGD on the matched test pairs (RGB only, depth only, both) over a ladder of
 budgets, and the cost of one pretraining step against an ITC-only step of the same towers (`RgbdClipModel`),
 interleaved repetitions.
@@ -27,16 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from train_rgbd_clip import Batcher, contrastive_optimizer, dataset_statistics, load_data, predict, warmup_cosine
 
 from hf_rgbd import (
@@ -137,8 +141,7 @@ def itm_probability(model, states, rgb_index: torch.Tensor, depth_index: torch.T
     scores = []
     for start in range(0, rgb_index.shape[0], batch_size):
         r, d = rgb_index[start : start + batch_size], depth_index[start : start + batch_size]
-        keys, key_mask = trunk.rgb_keys(states["rgb_states"][r], None, r.shape[0])
-        fused = trunk.fuse(states["depth_states"][d], states["depth_keys"][d], keys, key_mask)
+        fused = trunk.fuse(states["depth_states"][d], states["depth_keys"][d], states["rgb_states"][r])
         scores.append(model.itm_head(fused.pooler_output).softmax(-1)[:, 1])
     return torch.cat(scores)
 
@@ -248,6 +251,9 @@ def matching_attack_curve(folder, inputs, processor, count: int) -> list[dict]:
         matched = model(**batch).itm_score.argmax(-1) == 1
     batch = {key: value[matched] for key, value in batch.items()}
     rows = []
+    if not matched.any():
+        print("  matching PGD: the ITM head matches none of the test pairs, nothing to attack", flush=True)
+        return rows
     ladder = [(1, 0.0125), (2, 0.025), (4, 0.05), (8, 0.1)]
     for rgb_eps, depth_eps in ladder:
         for threat, budget in (
@@ -310,17 +316,112 @@ def step_cost(batcher: AlbefBatcher, train, args) -> dict:
     return result
 
 
+class Setup:
+    """What every job needs: the data, the processors and the un-augmented inputs of each split."""
+
+    def __init__(self, args):
+        self.data = load_data(args.data_cache)
+        stats = dataset_statistics(self.data["train"])
+        self.stats = stats
+        self.depth_processor = RgbdDepthProcessor(
+            representation="dataset", depth_mean=stats["depth_mean"], depth_std=stats["depth_std"], min_depth=0.1,
+            max_depth=20.0,
+        )
+        self.processor = RgbdProcessor(
+            RgbdImageProcessor(size={"height": 64, "width": 64}, image_mean=stats["image_mean"], image_std=stats["image_std"]),
+            self.depth_processor,
+        )
+        self.config_fields = dict(
+            mdm_mask_ratio=args.mdm_mask_ratio, distillation_alpha=args.distillation_alpha,
+            modality_dropout=(args.pretrain_rgb_dropout, 0.0),
+        )
+        self.plain = AlbefBatcher(
+            RgbdAlbefConfig.small(**self.config_fields), self.depth_processor, None, stats["image_mean"], stats["image_std"]
+        )
+        self.augment_settings = dict(
+            output_size=64, crop_scale=(args.crop_scale, 1.0), p_flip=0.5,
+            brightness=args.colour_jitter, contrast=args.colour_jitter, saturation=args.colour_jitter,
+        )
+
+    def inputs(self):
+        inputs = {split: self.plain.whole_split(self.data[split]) for split in self.data}
+        for split_inputs in inputs.values():  # the depth words are for pretraining only
+            split_inputs.pop("depth_token_ids")
+        labels = {split: self.data[split]["label"] for split in self.data}
+        return inputs, labels
+
+
+def worker_threads(args) -> int:
+    """Torch threads of one worker; also silences the weight-loading reports of the expected head changes."""
+    transformers.logging.set_verbosity_error()
+    return max(1, args.threads // args.workers)
+
+
+def run_seed(seed: int, args) -> dict:
+    """Pretraining, retrieval / ITM, depth completion, (first seed) the matching attack, and fine-tuning of one seed."""
+    torch.set_num_threads(worker_threads(args))
+    setup = Setup(args)
+    inputs, labels = setup.inputs()
+    torch.manual_seed(seed)
+    model = RgbdAlbefForPreTraining(RgbdAlbefConfig.small(**setup.config_fields))
+    if seed == args.seeds[0]:
+        print(f"RgbdAlbefConfig.small(): {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M trainable parameters", flush=True)
+    stats = setup.stats
+    batcher = AlbefBatcher(model.config, setup.depth_processor, RgbdAugment(**setup.augment_settings, generator=seed), stats["image_mean"], stats["image_std"])
+    pretrain_seconds, history = pretrain(model, setup.data["train"], batcher, args, seed)
+    folder = Path(args.output_dir) / f"pretrained_seed{seed}"
+    model.save_pretrained(folder)
+    setup.processor.save_pretrained(folder)
+    row = {"pretrain_seconds": pretrain_seconds, "final_losses": history[-1], "threads": torch.get_num_threads()}
+    states = tower_states(model, inputs["test"])
+    row.update(matching_evaluation(model, states, args.rerank_k))
+    print(f"  [seed {seed}] ITM accuracy {100 * row['itm_accuracy']:.1f}% (positives {100 * row['itm_accuracy_positives']:.1f}%, "
+          f"hard negatives {100 * row['itm_accuracy_hard_negatives']:.1f}%); R@1 RGB->depth {100 * row['rgb_to_depth_R@1']:.1f}%, "
+          f"re-ranked top {args.rerank_k} by ITM {100 * row[f'rgb_to_depth_R@1_itm_reranked_top{args.rerank_k}']:.1f}%, "
+          f"depth->RGB {100 * row['depth_to_rgb_R@1']:.1f}%", flush=True)
+    if "completion" not in args.skip:
+        row["completion"] = completion_evaluation(folder, setup.data, inputs["test"], setup.plain, args.completion_mask_ratio, seed)
+        print(f"  [seed {seed}] depth completion MAE (m): " + ", ".join(f"{k} {v:.4f}" for k, v in row["completion"].items() if k.startswith("mae")), flush=True)
+    if "attack" not in args.skip and seed == args.seeds[0]:
+        row["matching_attack"] = matching_attack_curve(folder, inputs, setup.processor, args.attack_pairs)
+    if "finetune" not in args.skip:
+        row["finetune"] = {}
+        for variant in ("rgbd", "rgb", "depth"):
+            row["finetune"][variant] = finetune(folder, variant, inputs, labels, args, seed)
+            print(f"  [seed {seed}] fine-tuned {variant}: test accuracy {100 * row['finetune'][variant]['test_accuracy']:.1f}% "
+                  f"({row['finetune'][variant]['finetune_seconds']:.0f} s)", flush=True)
+    return row
+
+
+def run_scratch(seed: int, args, row: dict) -> dict:
+    """The fused classifier trained from scratch for as many epochs as fit the seed's pretraining + fused
+    fine-tuning wall time (measured under the same worker setting)."""
+    torch.set_num_threads(worker_threads(args))
+    setup = Setup(args)
+    inputs, labels = setup.inputs()
+    fused = row["finetune"]["rgbd"]
+    budget = row["pretrain_seconds"] + fused["finetune_seconds"]
+    epochs = max(1, round(args.finetune_epochs * budget / fused["finetune_seconds"]))
+    folder = Path(args.output_dir) / f"pretrained_seed{seed}"
+    scratch = finetune(folder, "rgbd", inputs, labels, args, seed, scratch_config=setup.config_fields, epochs=epochs)
+    scratch["budget_seconds"] = budget
+    print(f"  [seed {seed}] fused from scratch, {epochs} epochs: test accuracy {100 * scratch['test_accuracy']:.1f}% "
+          f"({scratch['finetune_seconds']:.0f} s, budget {budget:.0f} s)", flush=True)
+    return scratch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all (split among the workers)")
+    parser.add_argument("--workers", type=int, default=2, help="seeds trained at once, in separate processes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scratch-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--data-cache", default=None)
-    parser.add_argument("--pretrain-epochs", type=int, default=80)
+    parser.add_argument("--pretrain-epochs", type=int, default=100)
     parser.add_argument("--pretrain-batch-size", type=int, default=100)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--logit-scale-lr-factor", type=float, default=10.0)
-    parser.add_argument("--mdm-mask-ratio", type=float, default=0.25)
+    parser.add_argument("--mdm-mask-ratio", type=float, default=0.15)
     parser.add_argument("--distillation-alpha", type=float, default=0.0)
     parser.add_argument("--pretrain-rgb-dropout", type=float, default=0.1, help="modality_dropout p_rgb in pretraining")
     parser.add_argument("--crop-scale", type=float, default=0.6)
@@ -342,84 +443,44 @@ def main() -> None:
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}", flush=True)
+    print(f"torch {torch.__version__}, threads {args.threads}, workers {args.workers}, cpus {os.cpu_count()}", flush=True)
     print("arguments: " + json.dumps(vars(args)), flush=True)
     run_start = time.perf_counter()
-    data = load_data(args.data_cache)
-    stats = dataset_statistics(data["train"])
-    depth_processor = RgbdDepthProcessor(
-        representation="dataset", depth_mean=stats["depth_mean"], depth_std=stats["depth_std"], min_depth=0.1, max_depth=20.0
-    )
-    processor = RgbdProcessor(
-        RgbdImageProcessor(size={"height": 64, "width": 64}, image_mean=stats["image_mean"], image_std=stats["image_std"]),
-        depth_processor,
-    )
-    config_fields = dict(
-        mdm_mask_ratio=args.mdm_mask_ratio, distillation_alpha=args.distillation_alpha,
-        modality_dropout=(args.pretrain_rgb_dropout, 0.0),
-    )
-    reference_config = RgbdAlbefConfig.small(**config_fields)
-    augment_settings = dict(
-        output_size=64, crop_scale=(args.crop_scale, 1.0), p_flip=0.5,
-        brightness=args.colour_jitter, contrast=args.colour_jitter, saturation=args.colour_jitter,
-    )
-    plain = AlbefBatcher(reference_config, depth_processor, None, stats["image_mean"], stats["image_std"])
-    inputs = {split: plain.whole_split(data[split]) for split in data}
-    for split_inputs in inputs.values():  # the depth words are for pretraining only
-        split_inputs.pop("depth_token_ids")
-    labels = {split: data[split]["label"] for split in data}
     output_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="rgbd_albef_"))
+    args.output_dir = str(output_dir)
     results = {"arguments": vars(args), "seeds": {}}
+    if "cost" not in args.skip:  # alone on the CPU, before any worker starts
+        torch.set_num_threads(args.threads)
+        setup = Setup(args)
+        results["step_cost"] = step_cost(setup.plain, setup.data["train"], args)
+        del setup
 
-    if "cost" not in args.skip:
-        results["step_cost"] = step_cost(plain, data["train"], args)
-
-    for seed in args.seeds:
-        torch.manual_seed(seed)
-        model = RgbdAlbefForPreTraining(RgbdAlbefConfig.small(**config_fields))
-        if seed == args.seeds[0]:
-            print(f"RgbdAlbefConfig.small(): {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M trainable parameters", flush=True)
-        batcher = AlbefBatcher(model.config, depth_processor, RgbdAugment(**augment_settings, generator=seed), stats["image_mean"], stats["image_std"])
-        pretrain_seconds, history = pretrain(model, data["train"], batcher, args, seed)
-        folder = output_dir / f"pretrained_seed{seed}"
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        row = {"pretrain_seconds": pretrain_seconds, "final_losses": history[-1]}
-        states = tower_states(model, inputs["test"])
-        row.update(matching_evaluation(model, states, args.rerank_k))
-        print(f"  [seed {seed}] ITM accuracy {100 * row['itm_accuracy']:.1f}% (positives {100 * row['itm_accuracy_positives']:.1f}%, "
-              f"hard negatives {100 * row['itm_accuracy_hard_negatives']:.1f}%); R@1 RGB->depth {100 * row['rgb_to_depth_R@1']:.1f}%, "
-              f"re-ranked top {args.rerank_k} by ITM {100 * row[f'rgb_to_depth_R@1_itm_reranked_top{args.rerank_k}']:.1f}%, "
-              f"depth->RGB {100 * row['depth_to_rgb_R@1']:.1f}%", flush=True)
-        if "completion" not in args.skip:
-            row["completion"] = completion_evaluation(folder, data, inputs["test"], plain, args.completion_mask_ratio, seed)
-            print(f"  [seed {seed}] depth completion MAE (m): " + ", ".join(f"{k} {v:.4f}" for k, v in row["completion"].items() if k.startswith("mae")), flush=True)
-        if "attack" not in args.skip and seed == args.seeds[0]:
-            results["matching_attack"] = matching_attack_curve(folder, inputs, processor, args.attack_pairs)
-        if "finetune" not in args.skip:
-            row["finetune"] = {}
-            for variant in ("rgbd", "rgb", "depth"):
-                row["finetune"][variant] = finetune(folder, variant, inputs, labels, args, seed)
-                print(f"  [seed {seed}] fine-tuned {variant}: test accuracy {100 * row['finetune'][variant]['test_accuracy']:.1f}% "
-                      f"({row['finetune'][variant]['finetune_seconds']:.0f} s)", flush=True)
-            if seed in args.scratch_seeds:
-                fused = row["finetune"]["rgbd"]
-                budget = pretrain_seconds + fused["finetune_seconds"]
-                epochs = max(1, round(args.finetune_epochs * budget / fused["finetune_seconds"]))
-                row["finetune"]["rgbd_from_scratch"] = finetune(folder, "rgbd", inputs, labels, args, seed, scratch_config=config_fields, epochs=epochs)
-                row["finetune"]["rgbd_from_scratch"]["budget_seconds"] = budget
-                print(f"  [seed {seed}] fused from scratch, {epochs} epochs: test accuracy "
-                      f"{100 * row['finetune']['rgbd_from_scratch']['test_accuracy']:.1f}% "
-                      f"({row['finetune']['rgbd_from_scratch']['finetune_seconds']:.0f} s, budget {budget:.0f} s)", flush=True)
-        results["seeds"][seed] = row
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    # Seeds run as jobs of `--workers` processes sharing the `--threads` threads. A seed's fine-tuning from scratch
+    # is a job of its own, queued once that seed has measured its budget (pretraining + fused fine-tuning).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+        pending = {pool.submit(run_seed, seed, args): ("seed", seed) for seed in args.seeds}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, seed = pending.pop(future)
+                if kind == "seed":
+                    row = future.result()
+                    if "matching_attack" in row:
+                        results["matching_attack"] = row.pop("matching_attack")
+                    results["seeds"][seed] = row
+                    if seed in args.scratch_seeds and "finetune" not in args.skip:
+                        pending[pool.submit(run_scratch, seed, args, row)] = ("scratch", seed)
+                else:
+                    results["seeds"][seed]["finetune"]["rgbd_from_scratch"] = future.result()
+                (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    results["seeds"] = dict(sorted(results["seeds"].items()))
 
     def summary(values):
         return f"median {100 * statistics.median(values):.1f}% (range {100 * min(values):.1f}-{100 * max(values):.1f})"
 
     rows = list(results["seeds"].values())
-    print(f"\nthreads {torch.get_num_threads()}, total wall time {time.perf_counter() - run_start:.0f} s, seeds {args.seeds}")
+    print(f"\nthreads {args.threads}, workers {args.workers}, total wall time {time.perf_counter() - run_start:.0f} s, seeds {args.seeds}")
     checks = {}
     for key in ("itm_accuracy", "rgb_to_depth_R@1", f"rgb_to_depth_R@1_itm_reranked_top{args.rerank_k}", "depth_to_rgb_R@1"):
         print(f"  {key}: {summary([row[key] for row in rows])}")
@@ -428,6 +489,11 @@ def main() -> None:
     if "finetune" not in args.skip:
         for variant in ("rgbd", "rgb", "depth"):
             print(f"  fine-tuned {variant}: {summary([row['finetune'][variant]['test_accuracy'] for row in rows])}")
+        for seed, row in results["seeds"].items():
+            if "rgbd_from_scratch" in row["finetune"]:
+                scratch = row["finetune"]["rgbd_from_scratch"]
+                print(f"  seed {seed}: fused pretrained + fine-tuned {100 * row['finetune']['rgbd']['test_accuracy']:.1f}% vs "
+                      f"from scratch {100 * scratch['test_accuracy']:.1f}% ({scratch['epochs']} epochs, budget {scratch['budget_seconds']:.0f} s)")
         fused = statistics.median(r["finetune"]["rgbd"]["test_accuracy"] for r in rows)
         checks["fused accuracy >= 97% (median)"] = fused >= 0.97
         checks["fused above RGB-only and depth-only (median)"] = all(
@@ -438,8 +504,8 @@ def main() -> None:
             values = [row["completion"][key] for row in rows]
             print(f"  depth completion {key}: median {statistics.median(values):.4f} m (range {min(values):.4f}-{max(values):.4f})")
     if "matching_attack" in results:
-        row = next(r for r in results["matching_attack"] if r["threat"] == "both" and r["rgb_budget_255"] == 4)
-        checks["matching PGD at 4/255 + 0.05 m breaks > 50% of matched pairs"] = row["broken_fraction"] > 0.5
+        row = next((r for r in results["matching_attack"] if r["threat"] == "both" and r["rgb_budget_255"] == 4), None)
+        checks["matching PGD at 4/255 + 0.05 m breaks > 50% of matched pairs"] = row is not None and row["broken_fraction"] > 0.5
     if "step_cost" in results:
         checks["ITC+ITM+MDM step (distillation off) <= 2.0x ITC-only (median)"] = (
             results["step_cost"]["itc+itm+mdm, distillation off"]["ratio_to_itc_only_median"] <= 2.0

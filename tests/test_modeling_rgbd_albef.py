@@ -460,6 +460,55 @@ def test_model_masks_patches_with_valid_words_and_hides_them_entirely():
     assert out.mdm_mask is None and out.loss_mdm == 0 and torch.isfinite(out.loss)
 
 
+# ------------------------------------------------------------------------------------------------ aligned fusion
+def _trunk_states(model: RgbdAlbefModel, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        rgb = model.get_rgb_features(inputs["pixel_values"], return_dict=True).last_hidden_state
+        depth = model.get_depth_features(inputs["depth_values"], inputs["depth_mask"], return_dict=True).last_hidden_state
+    return rgb, depth, model.depth_key_mask(inputs["depth_values"], inputs["depth_mask"])
+
+
+def test_aligned_fusion_adds_the_rgb_token_of_the_same_place_and_nothing_for_a_dropped_image():
+    torch.manual_seed(0)
+    model = RgbdAlbefModel(tiny_config()).eval()
+    inputs = make_inputs(3)
+    rgb, depth, key_mask = _trunk_states(model, inputs)
+    with torch.no_grad():
+        aligned = model.aligned_rgb(rgb, depth.shape[1])
+        torch.testing.assert_close(aligned, model.aligned_rgb_projection(rgb))
+        fused = model.fuse(depth, key_mask, rgb).last_hidden_state
+        # the same as plain cross-attention fusion of the depth tokens with the RGB tokens added
+        plain = RgbdAlbefModel(tiny_config(aligned_fusion=False)).eval()
+        plain.load_state_dict(model.state_dict(), strict=False)
+        torch.testing.assert_close(plain.fuse(depth + aligned, key_mask, rgb).last_hidden_state, fused)
+        # a dropped image is a missing image: the missing-RGB token as the only key and nothing added
+        dropped = model.fuse(depth, key_mask, rgb, torch.tensor([True, False, True])).last_hidden_state
+        missing = model.fuse(depth, key_mask, None).last_hidden_state
+        torch.testing.assert_close(dropped[[0, 2]], missing[[0, 2]])
+        torch.testing.assert_close(dropped[1], fused[1])
+    assert plain.aligned_rgb_projection is None
+    assert set(model.state_dict()) - set(plain.state_dict()) == {"aligned_rgb_projection.weight", "aligned_rgb_projection.bias"}
+
+
+@given(value=st.floats(-2.0, 2.0), cls_value=st.floats(-2.0, 2.0))
+def test_aligned_fusion_resizes_an_rgb_grid_of_another_shape(value, cls_value):
+    torch.manual_seed(0)
+    model = RgbdAlbefModel(tiny_config(rgb_config={"patch_size": 4})).eval()  # RGB grid 8x8, depth grid 4x4
+    with torch.no_grad():
+        model.aligned_rgb_projection.weight.copy_(torch.eye(HIDDEN))
+        model.aligned_rgb_projection.bias.zero_()
+        states = torch.full((2, 1 + 64, HIDDEN), value)
+        states[:, 0] = cls_value
+        aligned = model.aligned_rgb(states, TOKENS)
+    assert aligned.shape == (2, TOKENS, HIDDEN)
+    torch.testing.assert_close(aligned[:, 0], torch.full((2, HIDDEN), cls_value))
+    torch.testing.assert_close(aligned[:, 1:], torch.full((2, NUM_PATCHES, HIDDEN), value))  # constants stay constant
+    out = run(model, **make_inputs(2))
+    assert out.last_hidden_state.shape == (2, TOKENS, HIDDEN) and torch.isfinite(out.last_hidden_state).all()
+    with pytest.raises(ValueError, match="aligned_fusion"):
+        model.aligned_rgb(torch.zeros(2, 1 + 36, HIDDEN), TOKENS)
+
+
 # ----------------------------------------------------------------------------------------------- downstream heads
 def test_classification_with_one_modality_missing_in_eval():
     torch.manual_seed(0)
@@ -594,6 +643,7 @@ def test_check_processor_names_the_setting_that_differs():
         ({"mdm_mask_ratio": 1.0}, "mdm_mask_ratio", CLASS_ERROR),
         ({"mdm_mask_ratio": -0.1}, "mdm_mask_ratio", CLASS_ERROR),
         ({"queue_size": -1}, "queue_size", CLASS_ERROR),
+        ({"aligned_fusion": 1}, "aligned_fusion", FIELD_ERROR),
         ({"queue_size": 2.0}, "queue_size", FIELD_ERROR),
         ({"momentum": 1.5}, "momentum", CLASS_ERROR),
         ({"distillation_alpha": -0.5}, "distillation_alpha", CLASS_ERROR),

@@ -39,9 +39,9 @@ from .modeling_rgbd_common import (
     check_classification_labels,
     check_flag,
     check_labels,
-    fused_classification_loss,
     draw_modality_dropout,
     effective_depth_mask,
+    fused_classification_loss,
 )
 from .modeling_rgbd_pretraining import (
     IGNORE_INDEX,
@@ -332,6 +332,9 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             else None
         )
         self.missing_rgb_embedding = nn.Parameter(torch.zeros(1, 1, fusion_size)) if fused else None
+        self.aligned_rgb_projection = (
+            nn.Linear(config.rgb_config.hidden_size, fusion_size) if fused and config.aligned_fusion else None
+        )
         self.post_init()
 
     # ---------------------------------------------------------------------------- parts
@@ -360,15 +363,43 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             key_mask = torch.where(drop_rgb[:, None], first, key_mask)
         return keys, key_mask
 
+    def aligned_rgb(self, rgb_states: torch.Tensor, num_depth_tokens: int) -> torch.Tensor:
+        """The RGB token states (B, 1 + N_rgb, D_rgb) projected and placed on the depth grid: (B, 1 + N_depth,
+        D_fusion), [CLS] first. An RGB grid of another shape is resized (bilinear) to the depth tower's grid."""
+        aligned = self.aligned_rgb_projection(rgb_states)
+        if aligned.shape[1] == num_depth_tokens:
+            return aligned
+        rgb_grid, depth_grid = self.config.rgb_config.grid_size, self.config.depth_config.grid_size
+        if aligned.shape[1] != 1 + rgb_grid[0] * rgb_grid[1] or num_depth_tokens != 1 + depth_grid[0] * depth_grid[1]:
+            raise ValueError(
+                f"`aligned_fusion` needs the RGB and depth token grids: got {aligned.shape[1] - 1} RGB and "
+                f"{num_depth_tokens - 1} depth patches, which are neither equal nor the configured grids {rgb_grid} "
+                f"and {depth_grid} (inputs of another size with different patch sizes); give both modalities the "
+                "same patch grid or set `aligned_fusion=False`."
+            )
+        patches = aligned[:, 1:].transpose(1, 2).reshape(aligned.shape[0], -1, *rgb_grid)
+        patches = F.interpolate(patches, size=tuple(depth_grid), mode="bilinear", align_corners=False)
+        return torch.cat([aligned[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+
     def fuse(
         self,
         depth_states: torch.Tensor,
         depth_key_mask: torch.Tensor,
-        rgb_keys: torch.Tensor,
-        rgb_key_mask: torch.Tensor,
+        rgb_states: torch.Tensor | None,
+        drop_rgb: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPooling:
-        """The fusion encoder on depth token states (B, 1 + N, D) attending to `rgb_keys` (B, L_rgb, D)."""
+        """The fusion encoder on depth token states (B, 1 + N, D) attending to the RGB token states
+        `rgb_states` (B, 1 + N_rgb, D_rgb) (None: a missing image); `drop_rgb` (B,) bool marks images dropped in
+        training. With `config.aligned_fusion`, the RGB tokens of the images present are first added to the depth
+        tokens at the same places."""
+        batch_size = depth_states.shape[0]
+        rgb_keys, rgb_key_mask = self.rgb_keys(rgb_states, drop_rgb, batch_size)
+        if self.aligned_rgb_projection is not None and rgb_states is not None:
+            aligned = self.aligned_rgb(rgb_states, depth_states.shape[1])
+            if drop_rgb is not None:
+                aligned = aligned.masked_fill(drop_rgb[:, None, None], 0.0)
+            depth_states = depth_states + aligned
         kwargs = {key: value for key, value in kwargs.items() if key not in ("return_dict", "interpolate_pos_encoding")}
         return self.fusion_model(
             depth_states,
@@ -453,9 +484,12 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             empty_values, depth_mask = self.empty_depth(batch_size, reference)
             depth_outputs = self.get_depth_features(empty_values, depth_mask, **kwargs)
             depth_values = empty_values
-        rgb_keys, rgb_key_mask = self.rgb_keys(rgb_outputs.last_hidden_state if use_rgb else None, drop_rgb, batch_size)
         fusion_outputs = self.fuse(
-            depth_outputs.last_hidden_state, self.depth_key_mask(depth_values, depth_mask), rgb_keys, rgb_key_mask, **kwargs
+            depth_outputs.last_hidden_state,
+            self.depth_key_mask(depth_values, depth_mask),
+            rgb_outputs.last_hidden_state if use_rgb else None,
+            drop_rgb,
+            **kwargs,
         )
         return RgbdAlbefModelOutput(
             last_hidden_state=fusion_outputs.last_hidden_state,
@@ -663,8 +697,9 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
                     F.normalize(teacher_depth.pooler_output, dim=-1),
                 )
                 if mdm_on and config.distillation_alpha > 0:
-                    keys, key_mask = teacher.rgb_keys(teacher_rgb.last_hidden_state, drop_rgb, batch_size)
-                    fused = teacher.fuse(teacher_depth.last_hidden_state, depth_key_mask, keys, key_mask)
+                    fused = teacher.fuse(
+                        teacher_depth.last_hidden_state, depth_key_mask, teacher_rgb.last_hidden_state, drop_rgb
+                    )
                     teacher_mdm_logits = self.teacher.mdm_head(fused.last_hidden_state[:, 1:])
 
         # ITC over the global batch (and the queue)
@@ -690,8 +725,7 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
         drop_all = None
         if drop_rgb is not None:
             drop_all = torch.cat([drop_rgb, torch.zeros_like(drop_rgb), torch.zeros_like(drop_rgb)])
-        rgb_keys, rgb_key_mask = model.rgb_keys(rgb_states, drop_all, 3 * batch_size)
-        fused = model.fuse(depth_states, key_masks, rgb_keys, rgb_key_mask, **kwargs)
+        fused = model.fuse(depth_states, key_masks, rgb_states, drop_all, **kwargs)
         itm_logits = self.itm_head(fused.pooler_output)
         positive_labels = torch.ones(batch_size, dtype=torch.long, device=itm_logits.device)
         if drop_rgb is not None:

@@ -31,8 +31,8 @@ from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
     check_classification_labels,
     check_labels,
-    fused_classification_loss,
     draw_modality_dropout,
+    fused_classification_loss,
 )
 from .modeling_rgbd_pretraining import distributed_world, global_contrastive_loss
 from .modeling_rgbd_vit import RgbdVitModel, resize_position_embeddings
