@@ -560,6 +560,10 @@ def test_depth_completion_keeps_valid_pixels_and_fills_holes_within_the_range():
         model(**inputs)
     with pytest.raises(ValueError, match="depth_metres"):
         model(**inputs, depth_metres=metres[:2])
+    with pytest.raises(ValueError, match="depth_metres.*floating-point"):
+        model(**inputs, depth_metres=metres.numpy())
+    with pytest.raises(ValueError, match="labels.*floating-point"):
+        model(**inputs, depth_metres=metres, labels=labels.tolist())
 
 
 def test_matching_scores_and_cosine_similarities():

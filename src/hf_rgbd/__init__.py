@@ -20,6 +20,11 @@ from .modeling import (
     RgbdCnnModel,
     RgbdVitConfig,
     RgbdVitModel,
+    RgbdVlmoConfig,
+    RgbdVlmoForImageClassification,
+    RgbdVlmoForPreTraining,
+    RgbdVlmoForRgbdMatching,
+    RgbdVlmoModel,
 )
 from .processors import (
     RgbdDepthProcessor,
@@ -46,6 +51,11 @@ __all__ = [
     "RgbdAttack",
     "evaluate_robustness",
     "RgbdAlbefConfig",
+    "RgbdVlmoConfig",
+    "RgbdVlmoForImageClassification",
+    "RgbdVlmoForPreTraining",
+    "RgbdVlmoForRgbdMatching",
+    "RgbdVlmoModel",
     "RgbdAlbefForDepthCompletion",
     "RgbdAlbefForImageClassification",
     "RgbdAlbefForPreTraining",

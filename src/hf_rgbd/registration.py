@@ -1,7 +1,7 @@
 """Registration of hf_rgbd classes with the transformers Auto classes (run once, at `import hf_rgbd`)."""
 
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
 
 from .modeling import (
     RgbdAlbefConfig,
@@ -17,6 +17,10 @@ from .modeling import (
     RgbdCnnModel,
     RgbdVitConfig,
     RgbdVitModel,
+    RgbdVlmoConfig,
+    RgbdVlmoForImageClassification,
+    RgbdVlmoForPreTraining,
+    RgbdVlmoModel,
 )
 from .processors import RgbdImageProcessor, RgbdProcessor, RgbdProcessorConfig
 
@@ -32,6 +36,14 @@ MODEL_FAMILIES = (
             "AutoModelForPreTraining": RgbdAlbefForPreTraining,
             "AutoModelForImageClassification": RgbdAlbefForImageClassification,
             "AutoModelForDepthEstimation": RgbdAlbefForDepthCompletion,
+        },
+    ),
+    (
+        RgbdVlmoConfig,
+        {
+            "AutoModel": RgbdVlmoModel,
+            "AutoModelForPreTraining": RgbdVlmoForPreTraining,
+            "AutoModelForImageClassification": RgbdVlmoForImageClassification,
         },
     ),
 )

@@ -4,6 +4,7 @@ from .configuration_rgbd_albef import RgbdAlbefConfig
 from .configuration_rgbd_clip import RgbdClipConfig
 from .configuration_rgbd_cnn import RgbdCnnConfig
 from .configuration_rgbd_vit import RgbdVitConfig
+from .configuration_rgbd_vlmo import RgbdVlmoConfig
 from .modeling_rgbd_albef import (
     RgbdAlbefForDepthCompletion,
     RgbdAlbefForImageClassification,
@@ -44,8 +45,31 @@ from .modeling_rgbd_vit import (
     RgbdVitModel,
     RgbdVitPreTrainedModel,
 )
+from .modeling_rgbd_vlmo import (
+    RgbdModalityExpert,
+    RgbdModalityExperts,
+    RgbdVlmoForImageClassification,
+    RgbdVlmoForPreTraining,
+    RgbdVlmoForPreTrainingOutput,
+    RgbdVlmoForRgbdMatching,
+    RgbdVlmoImageClassifierOutput,
+    RgbdVlmoModel,
+    RgbdVlmoModelOutput,
+    RgbdVlmoPreTrainedModel,
+)
 
 __all__ = [
+    "RgbdVlmoConfig",
+    "RgbdModalityExpert",
+    "RgbdModalityExperts",
+    "RgbdVlmoForImageClassification",
+    "RgbdVlmoForPreTraining",
+    "RgbdVlmoForPreTrainingOutput",
+    "RgbdVlmoForRgbdMatching",
+    "RgbdVlmoImageClassifierOutput",
+    "RgbdVlmoModel",
+    "RgbdVlmoModelOutput",
+    "RgbdVlmoPreTrainedModel",
     "RgbdAlbefConfig",
     "RgbdAlbefForDepthCompletion",
     "RgbdAlbefForImageClassification",

@@ -3,7 +3,6 @@
 Part of the flat `hf_rgbd.modeling` folder: single-dot imports only, so a saved model folder carries it.
 """
 
-import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -12,12 +11,11 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_rgbd_common import (
     ModalityDropout,
+    RgbdDepthWordsConfigMixin,
     RgbdModalities,
     RgbdSharedConfigMixin,
     RgbdTwoTowerConfigMixin,
-    check_positive_int,
     check_probability,
-    is_number,
     normalize_modality_dropout,
 )
 from .configuration_rgbd_vit import RgbdVitConfig
@@ -28,7 +26,7 @@ _SMALL_FUSION = dict(num_hidden_layers=2)
 
 
 @strict
-class RgbdAlbefConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, PreTrainedConfig):
+class RgbdAlbefConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthWordsConfigMixin, PreTrainedConfig):
     r"""Configuration of the fusion encoder family ([`RgbdAlbefModel`], [`RgbdAlbefForPreTraining`],
     [`RgbdAlbefForImageClassification`], [`RgbdAlbefForRgbdMatching`], [`RgbdAlbefForDepthCompletion`]).
 
@@ -151,15 +149,6 @@ class RgbdAlbefConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, PreTrained
             )
 
     def validate_pretraining_fields(self) -> None:
-        check_positive_int("projection_dim", self.projection_dim)
-        if not isinstance(self.depth_vocab_size, int) or isinstance(self.depth_vocab_size, bool) or self.depth_vocab_size < 2:
-            raise ValueError(f"`depth_vocab_size` must be an int >= 2, got {self.depth_vocab_size!r}.")
-        if not (is_number(self.min_depth) and is_number(self.max_depth) and 0 < self.min_depth < self.max_depth < math.inf):
-            raise ValueError(
-                f"`min_depth` and `max_depth` must satisfy 0 < min_depth < max_depth < inf, got {self.min_depth!r} and "
-                f"{self.max_depth!r}."
-            )
-        check_probability("mdm_mask_ratio", self.mdm_mask_ratio)
         check_probability("momentum", self.momentum, closed=True)
         check_probability("distillation_alpha", self.distillation_alpha, closed=True)
         if not isinstance(self.queue_size, int) or isinstance(self.queue_size, bool) or self.queue_size < 0:
@@ -169,27 +158,6 @@ class RgbdAlbefConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, PreTrained
     def uses_teacher(self) -> bool:
         """Whether the pretraining model keeps an EMA teacher (distillation or a queue)."""
         return self.distillation_alpha > 0 or self.queue_size > 0
-
-    def check_processor(self, processor: Any) -> None:
-        """ValueError naming the setting when a processor's depth words do not fit this model: its
-        `depth_vocab_size`, `depth_patch_size` (the depth tower's `patch_size`) and `min_depth` / `max_depth`.
-        `processor`: an `RgbdProcessor` or its `depth_image_processor` (an `RgbdDepthProcessor`)."""
-        depth_processor = getattr(processor, "depth_image_processor", processor)
-        expected = {
-            "depth_vocab_size": self.depth_vocab_size,
-            "depth_patch_size": self.depth_config.patch_size_pair[0],
-            "min_depth": float(self.min_depth),
-            "max_depth": float(self.max_depth),
-        }
-        if self.depth_config.patch_size_pair[0] != self.depth_config.patch_size_pair[1]:
-            raise ValueError("depth words need a square `depth_config.patch_size`.")
-        for name, value in expected.items():
-            got = getattr(depth_processor, name, None)
-            if got is None or (float(got) != float(value)):
-                raise ValueError(
-                    f"the processor's `{name}` is {got!r} but the model's depth words need {value!r} "
-                    f"(config.{'depth_config.patch_size' if name == 'depth_patch_size' else name})."
-                )
 
     @classmethod
     def tiny(cls, **kwargs: Any) -> "RgbdAlbefConfig":

@@ -6,6 +6,7 @@ Part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 RgbdModalities = Literal["rgbd", "rgb", "depth"]
@@ -94,8 +95,48 @@ class RgbdTwoTowerConfigMixin:
         return {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}[self.modalities]
 
 
+class RgbdDepthWordsConfigMixin:
+    """Validators and `check_processor` of the pretraining families that predict depth words (fusion encoder,
+    mixture of modality experts); listed before `PreTrainedConfig`. The config declares `projection_dim`,
+    `depth_vocab_size`, `min_depth`, `max_depth`, `mdm_mask_ratio` and a `depth_config` tower."""
+
+    def validate_depth_words(self) -> None:
+        check_positive_int("projection_dim", self.projection_dim)
+        if not isinstance(self.depth_vocab_size, int) or isinstance(self.depth_vocab_size, bool) or self.depth_vocab_size < 2:
+            raise ValueError(f"`depth_vocab_size` must be an int >= 2, got {self.depth_vocab_size!r}.")
+        if not (is_number(self.min_depth) and is_number(self.max_depth) and 0 < self.min_depth < self.max_depth < math.inf):
+            raise ValueError(
+                f"`min_depth` and `max_depth` must satisfy 0 < min_depth < max_depth < inf, got {self.min_depth!r} and "
+                f"{self.max_depth!r}."
+            )
+        check_probability("mdm_mask_ratio", self.mdm_mask_ratio)
+
+    def check_processor(self, processor: Any) -> None:
+        """ValueError naming the setting when a processor's depth words do not fit this model: its
+        `depth_vocab_size`, `depth_patch_size` (the depth tower's `patch_size`) and `min_depth` / `max_depth`.
+        `processor`: an `RgbdProcessor` or its `depth_image_processor` (an `RgbdDepthProcessor`)."""
+        depth_processor = getattr(processor, "depth_image_processor", processor)
+        patch = self.depth_config.patch_size_pair
+        if patch[0] != patch[1]:
+            raise ValueError("depth words need a square `depth_config.patch_size`.")
+        expected = {
+            "depth_vocab_size": self.depth_vocab_size,
+            "depth_patch_size": patch[0],
+            "min_depth": float(self.min_depth),
+            "max_depth": float(self.max_depth),
+        }
+        for name, value in expected.items():
+            got = getattr(depth_processor, name, None)
+            if got is None or (float(got) != float(value)):
+                raise ValueError(
+                    f"the processor's `{name}` is {got!r} but the model's depth words need {value!r} "
+                    f"(config.{'depth_config.patch_size' if name == 'depth_patch_size' else name})."
+                )
+
+
 __all__ = [
     "RGBD_MODALITIES",
+    "RgbdDepthWordsConfigMixin",
     "RgbdTwoTowerConfigMixin",
     "ModalityDropout",
     "RgbdModalities",

@@ -38,27 +38,33 @@ from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
     check_classification_labels,
     check_flag,
+    check_image_tensor,
     check_labels,
     draw_modality_dropout,
     effective_depth_mask,
     fused_classification_loss,
 )
 from .modeling_rgbd_pretraining import (
-    IGNORE_INDEX,
     RgbdFeatureQueue,
     RgbdMaskedDepthHead,
     RgbdMatchingHead,
+    RgbdMatchingMixin,
+    RgbdMatchingOutput,
+    check_fused_config,
+    check_pretraining_batch,
+    check_scene_ids,
     depth_bin_centres,
-    distributed_world,
-    draw_mdm_mask,
+    draw_pretraining_rgb_dropout,
     ema_update,
-    gather_with_grad,
+    empty_depth,
     gather_without_grad,
     global_contrastive_loss,
-    global_uniform,
+    mask_depth_for_mdm,
     masked_depth_loss,
+    matching_labels,
     matching_loss,
-    patch_mask_to_pixels,
+    matching_pairs,
+    matching_rgb_drop,
     sample_hard_negatives,
 )
 from .modeling_rgbd_vit import RgbdVitAttention, RgbdVitEncoder, RgbdVitLayer, RgbdVitModel, RgbdVitPreTrainedModel
@@ -178,24 +184,6 @@ class RgbdAlbefImageClassifierOutput(_FusionPartsOutputMixin, ModelOutput):
     rgb_model_output: BaseModelOutputWithPooling | None = None
     depth_model_output: BaseModelOutputWithPooling | None = None
     fusion_model_output: BaseModelOutputWithPooling | None = None
-
-
-@dataclass
-class RgbdMatchingOutput(ModelOutput):
-    r"""Output of an RGB-D matching model ([`RgbdAlbefForRgbdMatching`]), as `BlipImageTextMatchingModelOutput`.
-
-    Args:
-        itm_score (`torch.Tensor`): with `use_itm_head=True` the ITM logits (B, 2) of the pairs (RGB i, depth i),
-            index 1 = matched; with `use_itm_head=False` the cosine similarities (B_rgb, B_depth) of the ITC
-            embeddings.
-        rgb_embeds / depth_embeds (`torch.Tensor` (B, projection_dim)): L2-normalised ITC embeddings.
-        last_hidden_state (`torch.Tensor` (B, 1 + N, D)): fused token states (`use_itm_head=True` only).
-    """
-
-    itm_score: torch.Tensor | None = None
-    rgb_embeds: torch.Tensor | None = None
-    depth_embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
 
 
 @dataclass
@@ -410,13 +398,6 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             **self._tower_kwargs(kwargs),
         )
 
-    def empty_depth(self, batch_size: int, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(depth_values, depth_mask)` of `batch_size` depth maps without any valid pixel (a missing modality)."""
-        config = self.config.depth_config
-        height, width = config.image_size_pair
-        values = torch.zeros(batch_size, config.num_channels, height, width, dtype=reference.dtype, device=reference.device)
-        return values, torch.zeros(batch_size, 1, height, width, dtype=torch.bool, device=reference.device)
-
     @can_return_tuple
     def forward(
         self,
@@ -481,7 +462,7 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             depth_outputs = self.get_depth_features(depth_values, depth_mask, **kwargs)
             depth_embeds = F.normalize(depth_outputs.pooler_output, dim=-1)
         else:
-            empty_values, depth_mask = self.empty_depth(batch_size, reference)
+            empty_values, depth_mask = empty_depth(config.depth_config, batch_size, reference)
             depth_outputs = self.get_depth_features(empty_values, depth_mask, **kwargs)
             depth_values = empty_values
         fusion_outputs = self.fuse(
@@ -500,22 +481,6 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             depth_model_output=depth_outputs if use_depth else None,
             fusion_model_output=fusion_outputs,
         )
-
-
-def _check_fused_config(config: RgbdAlbefConfig, what: str) -> None:
-    if config.modalities != "rgbd":
-        raise ValueError(f"{what} needs both modalities, but `modalities={config.modalities!r}`.")
-
-
-def _check_pairs(pixel_values: Any, depth_values: Any, what: str) -> int:
-    if pixel_values is None or depth_values is None:
-        raise ValueError(f"{what} needs `pixel_values` and `depth_values`.")
-    if pixel_values.shape[0] != depth_values.shape[0]:
-        raise ValueError(
-            f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
-            f"{pixel_values.shape[0]} and {depth_values.shape[0]}."
-        )
-    return pixel_values.shape[0]
 
 
 class RgbdAlbefTeacher(nn.Module):
@@ -545,7 +510,7 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
 
     def __init__(self, config: RgbdAlbefConfig):
         super().__init__(config)
-        _check_fused_config(config, "RgbdAlbefForPreTraining")
+        check_fused_config(config, "RgbdAlbefForPreTraining")
         self.rgbd_albef = RgbdAlbefModel(config)
         fusion = config.fusion_encoder_config
         self.itm_head = RgbdMatchingHead(fusion.hidden_size)
@@ -595,40 +560,6 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.rgbd_albef.get_input_embeddings()
 
-    def _check_depth_tokens(self, depth_token_ids: Any, batch_size: int, num_patches: int) -> torch.Tensor:
-        config = self.config
-        if depth_token_ids is None:
-            raise ValueError(
-                "`depth_token_ids` are required for masked depth modelling (`mdm_mask_ratio` > 0): make them with a "
-                f"processor whose `depth_vocab_size={config.depth_vocab_size}` and `depth_patch_size` is the depth "
-                "tower's patch size, or set `mdm_mask_ratio=0`."
-            )
-        if not isinstance(depth_token_ids, torch.Tensor) or depth_token_ids.is_floating_point() or depth_token_ids.dtype == torch.bool:
-            raise ValueError(f"`depth_token_ids` must be an integer tensor, got {getattr(depth_token_ids, 'dtype', type(depth_token_ids).__name__)}.")
-        if tuple(depth_token_ids.shape) != (batch_size, num_patches):
-            raise ValueError(
-                f"`depth_token_ids` must have shape ({batch_size}, {num_patches}) (one word per depth patch of "
-                f"{config.depth_config.patch_size_pair[0]} pixels), got {tuple(depth_token_ids.shape)}: was it made with "
-                "another `depth_patch_size` or image size?"
-            )
-        depth_token_ids = depth_token_ids.long()
-        valid = ((depth_token_ids >= 0) & (depth_token_ids < config.depth_vocab_size)) | (depth_token_ids == IGNORE_INDEX)
-        torch._assert_async(
-            valid.all(),
-            f"`depth_token_ids` must lie in [0, {config.depth_vocab_size}) (config.depth_vocab_size) or be -100: they "
-            "come from a processor with another `depth_vocab_size`.",
-        )
-        return depth_token_ids
-
-    def _check_scene_ids(self, scene_ids: Any, batch_size: int) -> torch.Tensor | None:
-        if scene_ids is None:
-            return None
-        if not isinstance(scene_ids, torch.Tensor) or scene_ids.is_floating_point() or scene_ids.dtype == torch.bool:
-            raise ValueError(f"`scene_ids` must be an integer tensor, got {getattr(scene_ids, 'dtype', type(scene_ids).__name__)}.")
-        if tuple(scene_ids.shape) != (batch_size,):
-            raise ValueError(f"`scene_ids` must have one id per pair, shape ({batch_size},), got {tuple(scene_ids.shape)}.")
-        return scene_ids.long()
-
     @can_return_tuple
     def forward(
         self,
@@ -655,26 +586,13 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
             [`RgbdAlbefForPreTrainingOutput`].
         """
         config = self.config
-        batch_size = _check_pairs(pixel_values, depth_values, "RgbdAlbefForPreTraining")
-        _, world_size = distributed_world()
-        if batch_size * world_size < 2:
-            raise ValueError(
-                "RgbdAlbefForPreTraining needs at least 2 pairs per (global) batch: ITM draws its negatives from the "
-                "batch (and ITC too without a queue); got a batch of one."
-            )
-        scene_ids = self._check_scene_ids(scene_ids, batch_size)
+        batch_size = check_pretraining_batch(pixel_values, depth_values, "RgbdAlbefForPreTraining")
+        scene_ids = check_scene_ids(scene_ids, batch_size)
         model = self.rgbd_albef
-        depth_config = config.depth_config
         check_flag(kwargs.pop("return_dict", True), "return_dict")
 
-        depth_mask = effective_depth_mask(depth_values, depth_mask)
-        mdm_on = config.mdm_mask_ratio > 0
-        if mdm_on:
-            depth_token_ids = self._check_depth_tokens(depth_token_ids, batch_size, depth_config.num_patches)
-            mdm_mask = draw_mdm_mask(depth_token_ids, float(config.mdm_mask_ratio))
-            depth_mask = depth_mask & ~patch_mask_to_pixels(mdm_mask, depth_config.grid_size, depth_config.patch_size_pair)
-        else:
-            mdm_mask = None
+        depth_mask, depth_token_ids, mdm_mask = mask_depth_for_mdm(config, depth_values, depth_mask, depth_token_ids, batch_size)
+        mdm_on = mdm_mask is not None
 
         # one pass of each tower, shared by the three losses
         rgb_outputs = model.get_rgb_features(pixel_values, return_dict=True, **kwargs)
@@ -682,9 +600,7 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
         rgb_embeds = F.normalize(rgb_outputs.pooler_output, dim=-1)
         depth_embeds = F.normalize(depth_outputs.pooler_output, dim=-1)
         depth_key_mask = model.depth_key_mask(depth_values, depth_mask)
-        drop_rgb = None
-        if self.training and config.modality_dropout[0] > 0:
-            drop_rgb = global_uniform(batch_size, device=pixel_values.device) < config.modality_dropout[0]
+        drop_rgb = draw_pretraining_rgb_dropout(config, self.training, batch_size, pixel_values.device)
 
         teacher_embeds = teacher_mdm_logits = None
         if self.teacher is not None:
@@ -716,21 +632,12 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
 
         # ITM: positives, then (RGB i, hard negative depth), then (hard negative RGB, depth i), one fusion pass
         negative_depth, negative_rgb = sample_hard_negatives(logits_per_rgb, logits_per_depth, all_scene_ids)
-        all_rgb_states = gather_with_grad(rgb_outputs.last_hidden_state)
-        all_depth_states = gather_with_grad(depth_outputs.last_hidden_state)
-        all_depth_key_mask = gather_without_grad(depth_key_mask)
-        depth_states = torch.cat([depth_outputs.last_hidden_state, all_depth_states[negative_depth], depth_outputs.last_hidden_state])
-        key_masks = torch.cat([depth_key_mask, all_depth_key_mask[negative_depth], depth_key_mask])
-        rgb_states = torch.cat([rgb_outputs.last_hidden_state, rgb_outputs.last_hidden_state, all_rgb_states[negative_rgb]])
-        drop_all = None
-        if drop_rgb is not None:
-            drop_all = torch.cat([drop_rgb, torch.zeros_like(drop_rgb), torch.zeros_like(drop_rgb)])
-        fused = model.fuse(depth_states, key_masks, rgb_states, drop_all, **kwargs)
+        rgb_states, depth_states, key_masks = matching_pairs(
+            rgb_outputs.last_hidden_state, depth_outputs.last_hidden_state, depth_key_mask, negative_depth, negative_rgb
+        )
+        fused = model.fuse(depth_states, key_masks, rgb_states, matching_rgb_drop(drop_rgb), **kwargs)
         itm_logits = self.itm_head(fused.pooler_output)
-        positive_labels = torch.ones(batch_size, dtype=torch.long, device=itm_logits.device)
-        if drop_rgb is not None:
-            positive_labels = torch.where(drop_rgb, torch.full_like(positive_labels, IGNORE_INDEX), positive_labels)
-        itm_labels = torch.cat([positive_labels, positive_labels.new_zeros(2 * batch_size)])
+        itm_labels = matching_labels(batch_size, drop_rgb, itm_logits.device)
         loss_itm = matching_loss(itm_logits, itm_labels)
 
         # MDM on the positives' masked patches
@@ -846,7 +753,7 @@ class RgbdAlbefForImageClassification(RgbdAlbefPreTrainedModel):
         )
 
 
-class RgbdAlbefForRgbdMatching(RgbdAlbefPreTrainedModel):
+class RgbdAlbefForRgbdMatching(RgbdMatchingMixin, RgbdAlbefPreTrainedModel):
     """RGB-depth matching, as `BlipForImageTextRetrieval`: `use_itm_head=True` scores pairs with the ITM head
     (`itm_score` (B, 2) logits, index 1 = matched), `use_itm_head=False` gives the ITC cosine similarities
     (B_rgb, B_depth), the filter that finds noisy pairs. Loads the trunk and ITM head of a pretraining checkpoint."""
@@ -855,53 +762,13 @@ class RgbdAlbefForRgbdMatching(RgbdAlbefPreTrainedModel):
 
     def __init__(self, config: RgbdAlbefConfig):
         super().__init__(config)
-        _check_fused_config(config, "RgbdAlbefForRgbdMatching")
+        check_fused_config(config, "RgbdAlbefForRgbdMatching")
         self.rgbd_albef = RgbdAlbefModel(config)
         self.itm_head = RgbdMatchingHead(config.fusion_encoder_config.hidden_size)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.rgbd_albef.get_input_embeddings()
-
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        depth_values: torch.Tensor | None = None,
-        depth_mask: torch.Tensor | None = None,
-        use_itm_head: bool = True,
-        interpolate_pos_encoding: bool = False,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> RgbdMatchingOutput:
-        """Score RGB-D pairs.
-
-        Args:
-            pixel_values: (B_rgb, 3, H, W); depth_values: (B_depth, C_d, H, W); depth_mask: (B_depth, 1, H, W).
-            use_itm_head: True: pairs (RGB i, depth i), B_rgb == B_depth, ITM logits (B, 2). False: every RGB
-                against every depth map, cosine similarities (B_rgb, B_depth).
-        """
-        if pixel_values is None or depth_values is None:
-            raise ValueError("matching needs `pixel_values` and `depth_values`.")
-        model = self.rgbd_albef
-        if check_flag(use_itm_head, "use_itm_head"):
-            _check_pairs(pixel_values, depth_values, "matching with `use_itm_head=True`")
-            outputs = model(
-                pixel_values=pixel_values,
-                depth_values=depth_values,
-                depth_mask=depth_mask,
-                interpolate_pos_encoding=interpolate_pos_encoding,
-                **kwargs,
-            )
-            return RgbdMatchingOutput(
-                itm_score=self.itm_head(outputs.pooler_output),
-                rgb_embeds=outputs.rgb_embeds,
-                depth_embeds=outputs.depth_embeds,
-                last_hidden_state=outputs.last_hidden_state,
-            )
-        kwargs = dict(kwargs, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
-        rgb_embeds = F.normalize(model.get_rgb_features(pixel_values, **kwargs).pooler_output, dim=-1)
-        depth_embeds = F.normalize(model.get_depth_features(depth_values, depth_mask, **kwargs).pooler_output, dim=-1)
-        return RgbdMatchingOutput(itm_score=rgb_embeds @ depth_embeds.t(), rgb_embeds=rgb_embeds, depth_embeds=depth_embeds)
 
 
 class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
@@ -915,7 +782,7 @@ class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
 
     def __init__(self, config: RgbdAlbefConfig):
         super().__init__(config)
-        _check_fused_config(config, "RgbdAlbefForDepthCompletion")
+        check_fused_config(config, "RgbdAlbefForDepthCompletion")
         self.rgbd_albef = RgbdAlbefModel(config)
         fusion = config.fusion_encoder_config
         self.mdm_head = RgbdMaskedDepthHead(fusion.hidden_size, config.depth_vocab_size, fusion.hidden_act, fusion.layer_norm_eps)
@@ -956,8 +823,9 @@ class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
                     "`depth_metres` (the input depth in metres, (B, 1, H, W)) is required with `depth_values`: its "
                     "valid pixels are returned unchanged."
                 )
-            if depth_metres.dim() == 3:
+            if isinstance(depth_metres, torch.Tensor) and depth_metres.dim() == 3:
                 depth_metres = depth_metres.unsqueeze(1)
+            check_image_tensor(depth_metres, "depth_metres", 1, "metres, one channel")
             if tuple(depth_metres.shape) != (depth_values.shape[0], 1, *depth_values.shape[-2:]):
                 raise ValueError(
                     f"`depth_metres` must have shape {(depth_values.shape[0], 1, *depth_values.shape[-2:])} like "
@@ -978,8 +846,9 @@ class RgbdAlbefForDepthCompletion(RgbdAlbefPreTrainedModel):
             predicted = torch.where(valid, depth_metres.to(pixel_depth.dtype), pixel_depth)
         loss = None
         if labels is not None:
-            if labels.dim() == 3:
+            if isinstance(labels, torch.Tensor) and labels.dim() == 3:
                 labels = labels.unsqueeze(1)
+            check_image_tensor(labels, "labels", 1, "metres, one channel")
             if tuple(labels.shape) != tuple(predicted.shape):
                 raise ValueError(f"`labels` must have shape {tuple(predicted.shape[:1] + predicted.shape[2:])}, got {tuple(labels.shape)}.")
             known = ~valid & torch.isfinite(labels) & (labels > 0)

@@ -266,6 +266,13 @@ class RgbdVisionPretrainedMixin:
     def _vision_weights_loaded(self) -> None:
         """Called by `from_vision_pretrained` once the towers hold the checkpoint's weights (nothing to do here)."""
 
+    def _load_vision_towers(self, weights: dict[str, torch.Tensor], source: str) -> None:
+        """Copy the checkpoint's tower weights (mapped to [`RgbdVitModel`] names) into `base_model.rgb_model` and
+        `base_model.depth_model` (those built)."""
+        for tower in (self.base_model.rgb_model, self.base_model.depth_model):
+            if tower is not None:
+                _load_tower_weights(tower, weights, source)
+
     @classmethod
     def from_vision_pretrained(
         cls,
@@ -330,10 +337,7 @@ class RgbdVisionPretrainedMixin:
         vision_model = source_model.vision_model if is_full_clip else source_model
         weights = _map_vision_state_dict(vision_model.state_dict(), vision_config.model_type)
         clip_model = model.base_model  # the module holding the towers, projections and logit_scale
-        source = str(pretrained_model_name_or_path)
-        for tower in (clip_model.rgb_model, clip_model.depth_model):
-            if tower is not None:
-                _load_tower_weights(tower, weights, source)
+        model._load_vision_towers(weights, str(pretrained_model_name_or_path))
         if is_full_clip and config.projection_dim == source_config.projection_dim:
             with torch.no_grad():
                 for projection in (clip_model.rgb_projection, clip_model.depth_projection):

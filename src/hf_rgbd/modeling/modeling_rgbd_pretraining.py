@@ -9,17 +9,23 @@ the gradients equal those of one process holding the whole batch. Random draws (
 made for the global batch from the global torch RNG and each process keeps its own rows, so with the same seed
 one and several processes draw the same.
 
-Part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so saved model folders carry it.
+Part of the flat `hf_rgbd.modeling` folder (single-dot imports only), so saved model folders carry it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from .modeling_rgbd_common import check_flag, effective_depth_mask
 
 IGNORE_INDEX = -100  # depth token of a patch without valid depth (as the processor writes it)
 
@@ -66,6 +72,77 @@ def global_uniform(local_size: int, *shape: int, device: torch.device) -> torch.
     _, world_size = distributed_world()
     noise = torch.rand(local_size * world_size, *shape, device=device)
     return local_rows(noise, local_size)
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+def check_fused_config(config: Any, what: str) -> None:
+    """ValueError unless `config.modalities == "rgbd"` (`what` needs both modalities)."""
+    if config.modalities != "rgbd":
+        raise ValueError(f"{what} needs both modalities, but `modalities={config.modalities!r}`.")
+
+
+def check_pairs(pixel_values: Any, depth_values: Any, what: str) -> int:
+    """The number of RGB-D pairs; ValueError when a modality is missing or the batch sizes differ."""
+    if pixel_values is None or depth_values is None:
+        raise ValueError(f"{what} needs `pixel_values` and `depth_values`.")
+    if pixel_values.shape[0] != depth_values.shape[0]:
+        raise ValueError(
+            f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
+            f"{pixel_values.shape[0]} and {depth_values.shape[0]}."
+        )
+    return pixel_values.shape[0]
+
+
+def check_pretraining_batch(pixel_values: Any, depth_values: Any, what: str) -> int:
+    """`check_pairs`, and at least 2 pairs in the global batch (ITM draws its negatives from it)."""
+    batch_size = check_pairs(pixel_values, depth_values, what)
+    _, world_size = distributed_world()
+    if batch_size * world_size < 2:
+        raise ValueError(
+            f"{what} needs at least 2 pairs per (global) batch: ITM draws its negatives from the batch (and ITC too "
+            "without a queue); got a batch of one."
+        )
+    return batch_size
+
+
+def check_scene_ids(scene_ids: Any, batch_size: int) -> torch.Tensor | None:
+    """`scene_ids` as a (B,) long tensor (or None); ValueError naming it for another dtype or length."""
+    if scene_ids is None:
+        return None
+    if not isinstance(scene_ids, torch.Tensor) or scene_ids.is_floating_point() or scene_ids.dtype == torch.bool:
+        raise ValueError(f"`scene_ids` must be an integer tensor, got {getattr(scene_ids, 'dtype', type(scene_ids).__name__)}.")
+    if tuple(scene_ids.shape) != (batch_size,):
+        raise ValueError(f"`scene_ids` must have one id per pair, shape ({batch_size},), got {tuple(scene_ids.shape)}.")
+    return scene_ids.long()
+
+
+def check_depth_token_ids(depth_token_ids: Any, batch_size: int, config: Any) -> torch.Tensor:
+    """The depth words (B, N) as long, checked against `config.depth_vocab_size` and the depth stream's patch grid
+    (`config.depth_config`); ValueError naming `depth_token_ids` otherwise (values checked without a host sync)."""
+    num_patches = config.depth_config.num_patches
+    if depth_token_ids is None:
+        raise ValueError(
+            "`depth_token_ids` are required for masked depth modelling (`mdm_mask_ratio` > 0): make them with a "
+            f"processor whose `depth_vocab_size={config.depth_vocab_size}` and `depth_patch_size` is the depth "
+            "stream's patch size, or set `mdm_mask_ratio=0`."
+        )
+    if not isinstance(depth_token_ids, torch.Tensor) or depth_token_ids.is_floating_point() or depth_token_ids.dtype == torch.bool:
+        raise ValueError(f"`depth_token_ids` must be an integer tensor, got {getattr(depth_token_ids, 'dtype', type(depth_token_ids).__name__)}.")
+    if tuple(depth_token_ids.shape) != (batch_size, num_patches):
+        raise ValueError(
+            f"`depth_token_ids` must have shape ({batch_size}, {num_patches}) (one word per depth patch of "
+            f"{config.depth_config.patch_size_pair[0]} pixels), got {tuple(depth_token_ids.shape)}: was it made with "
+            "another `depth_patch_size` or image size?"
+        )
+    depth_token_ids = depth_token_ids.long()
+    valid = ((depth_token_ids >= 0) & (depth_token_ids < config.depth_vocab_size)) | (depth_token_ids == IGNORE_INDEX)
+    torch._assert_async(
+        valid.all(),
+        f"`depth_token_ids` must lie in [0, {config.depth_vocab_size}) (config.depth_vocab_size) or be -100: they "
+        "come from a processor with another `depth_vocab_size`.",
+    )
+    return depth_token_ids
+
 
 
 # ------------------------------------------------------------------------------------------------------- ITC
@@ -346,3 +423,141 @@ __all__ = [
     "sample_hard_negatives",
     "soft_cross_entropy",
 ]
+
+
+# ----------------------------------------------------------------------------------------------- shared steps
+def empty_depth(depth_config: Any, batch_size: int, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(depth_values, depth_mask)` of `batch_size` depth maps of `depth_config`'s size without any valid pixel (a
+    missing modality), on `reference`'s device and in its dtype."""
+    height, width = depth_config.image_size_pair
+    values = torch.zeros(
+        batch_size, depth_config.num_channels, height, width, dtype=reference.dtype, device=reference.device
+    )
+    return values, torch.zeros(batch_size, 1, height, width, dtype=torch.bool, device=reference.device)
+
+
+def mask_depth_for_mdm(
+    config: Any, depth_values: torch.Tensor, depth_mask: torch.Tensor | None, depth_token_ids: Any, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The one masked depth pass of a pretraining step: `(depth_mask, depth_token_ids, mdm_mask)` with the MDM
+    patches (`config.mdm_mask_ratio` of the valid ones, drawn by `draw_mdm_mask`) turned into holes of
+    `depth_mask` (B, 1, H, W); `depth_token_ids` checked (B, N) and `mdm_mask` (B, N), both None with MDM off."""
+    depth_mask = effective_depth_mask(depth_values, depth_mask)
+    if config.mdm_mask_ratio <= 0:
+        return depth_mask, None, None
+    depth_token_ids = check_depth_token_ids(depth_token_ids, batch_size, config)
+    mdm_mask = draw_mdm_mask(depth_token_ids, float(config.mdm_mask_ratio))
+    depth_config = config.depth_config
+    depth_mask = depth_mask & ~patch_mask_to_pixels(mdm_mask, depth_config.grid_size, depth_config.patch_size_pair)
+    return depth_mask, depth_token_ids, mdm_mask
+
+
+def matching_pairs(
+    rgb: torch.Tensor,
+    depth: torch.Tensor,
+    depth_key_mask: torch.Tensor,
+    negative_depth: torch.Tensor,
+    negative_rgb: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 3B ITM pairs of this process's B pairs: `(rgb, depth, depth_key_mask)` for the positives, then (RGB i,
+    its hard negative depth map), then (its hard negative RGB image, depth i). `rgb` (B, L_rgb, D) and `depth`
+    (B, L_depth, D) are token states (or embeddings), gathered over processes with gradient for the negatives
+    (`negative_*` index the global batch)."""
+    all_rgb, all_depth = gather_with_grad(rgb), gather_with_grad(depth)
+    all_key_mask = gather_without_grad(depth_key_mask)
+    return (
+        torch.cat([rgb, rgb, all_rgb[negative_rgb]]),
+        torch.cat([depth, all_depth[negative_depth], depth]),
+        torch.cat([depth_key_mask, all_key_mask[negative_depth], depth_key_mask]),
+    )
+
+
+def matching_labels(batch_size: int, drop_rgb: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """ITM labels (3B,) of `matching_pairs`: 1 for the positives (-100 where the RGB image was dropped), 0 for the
+    2B negatives."""
+    positive = torch.ones(batch_size, dtype=torch.long, device=device)
+    if drop_rgb is not None:
+        positive = torch.where(drop_rgb, torch.full_like(positive, IGNORE_INDEX), positive)
+    return torch.cat([positive, positive.new_zeros(2 * batch_size)])
+
+
+def matching_rgb_drop(drop_rgb: torch.Tensor | None) -> torch.Tensor | None:
+    """The RGB dropout (B,) of the positives spread over the 3B `matching_pairs` (negatives keep their image)."""
+    if drop_rgb is None:
+        return None
+    return torch.cat([drop_rgb, torch.zeros_like(drop_rgb), torch.zeros_like(drop_rgb)])
+
+
+def draw_pretraining_rgb_dropout(config: Any, training: bool, batch_size: int, device: torch.device) -> torch.Tensor | None:
+    """Which positives lose their RGB image in a pretraining step (`config.modality_dropout[0]`, drawn for the
+    global batch), (B,) bool, or None when off."""
+    if not training or config.modality_dropout[0] <= 0:
+        return None
+    return global_uniform(batch_size, device=device) < config.modality_dropout[0]
+
+
+@dataclass
+class RgbdMatchingOutput(ModelOutput):
+    r"""Output of an RGB-D matching model ([`RgbdAlbefForRgbdMatching`], [`RgbdVlmoForRgbdMatching`]), as
+    `BlipImageTextMatchingModelOutput`.
+
+    Args:
+        itm_score (`torch.Tensor`): with `use_itm_head=True` the ITM logits (B, 2) of the pairs (RGB i, depth i),
+            index 1 = matched; with `use_itm_head=False` the cosine similarities (B_rgb, B_depth) of the ITC
+            embeddings.
+        rgb_embeds / depth_embeds (`torch.Tensor` (B, projection_dim)): L2-normalised ITC embeddings.
+        last_hidden_state (`torch.Tensor` (B, L, D)): fused token states (`use_itm_head=True` only).
+    """
+
+    itm_score: torch.Tensor | None = None
+    rgb_embeds: torch.Tensor | None = None
+    depth_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+class RgbdMatchingMixin:
+    """`forward` of the matching models (as `BlipForImageTextRetrieval`): the model holds its trunk as `base_model`
+    (with `get_rgb_features` / `get_depth_features` and a fused forward returning `pooler_output`) and an
+    `itm_head` ([`RgbdMatchingHead`])."""
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        use_itm_head: bool = True,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Any,
+    ) -> RgbdMatchingOutput:
+        """Score RGB-D pairs.
+
+        Args:
+            pixel_values: (B_rgb, 3, H, W); depth_values: (B_depth, C_d, H, W); depth_mask: (B_depth, 1, H, W).
+            use_itm_head: True: pairs (RGB i, depth i), B_rgb == B_depth, ITM logits (B, 2). False: every RGB
+                against every depth map, cosine similarities (B_rgb, B_depth).
+        """
+        if pixel_values is None or depth_values is None:
+            raise ValueError("matching needs `pixel_values` and `depth_values`.")
+        trunk = self.base_model
+        kwargs = {key: value for key, value in kwargs.items() if key != "return_dict"}
+        if check_flag(use_itm_head, "use_itm_head"):
+            check_pairs(pixel_values, depth_values, "matching with `use_itm_head=True`")
+            outputs = trunk(
+                pixel_values=pixel_values,
+                depth_values=depth_values,
+                depth_mask=depth_mask,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                return_dict=True,
+                **kwargs,
+            )
+            return RgbdMatchingOutput(
+                itm_score=self.itm_head(outputs.pooler_output),
+                rgb_embeds=getattr(outputs, "rgb_embeds", None),
+                depth_embeds=getattr(outputs, "depth_embeds", None),
+                last_hidden_state=outputs.last_hidden_state,
+            )
+        kwargs = dict(kwargs, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        rgb_embeds = F.normalize(trunk.get_rgb_features(pixel_values, **kwargs).pooler_output, dim=-1)
+        depth_embeds = F.normalize(trunk.get_depth_features(depth_values, depth_mask, **kwargs).pooler_output, dim=-1)
+        return RgbdMatchingOutput(itm_score=rgb_embeds @ depth_embeds.t(), rgb_embeds=rgb_embeds, depth_embeds=depth_embeds)

@@ -368,13 +368,20 @@ class RgbdVitLayer(GradientCheckpointingLayer):
 
     `x = x + SelfAttn(LN(x))`; with `add_cross_attention`, `x = x + CrossAttn(LN(x), encoder_hidden_states)`;
     then `x = x + MLP(LN(x))`. Any module can replace the MLP (`mlp=`): it is called as
-    `mlp(hidden_states, **mlp_kwargs)` (e.g. modality experts routed by `mlp_kwargs={"modality_ids": ...}`).
+    `mlp(hidden_states, **mlp_kwargs)` (e.g. modality experts routed by `mlp_kwargs`); with `mlp_includes_norm`
+    the layer has no `layernorm_after` and the module receives the un-normed states (experts with their own norms).
 
     Returns the hidden states (B, L, D). The attention weights are recorded from the `attention` /
     `crossattention` submodules by the model's `_can_record_outputs`.
     """
 
-    def __init__(self, config: RgbdVitConfig, mlp: nn.Module | None = None, add_cross_attention: bool = False):
+    def __init__(
+        self,
+        config: RgbdVitConfig,
+        mlp: nn.Module | None = None,
+        add_cross_attention: bool = False,
+        mlp_includes_norm: bool = False,
+    ):
         super().__init__()
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = RgbdVitAttention(config)
@@ -384,7 +391,8 @@ class RgbdVitLayer(GradientCheckpointingLayer):
         else:
             self.layernorm_cross = None
             self.crossattention = None
-        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # a replacement MLP may norm its input itself (modality experts with a LayerNorm each)
+        self.layernorm_after = None if mlp_includes_norm else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = mlp if mlp is not None else RgbdVitMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -413,7 +421,8 @@ class RgbdVitLayer(GradientCheckpointingLayer):
             )
             hidden_states = hidden_states + self.dropout(cross_output)
 
-        mlp_output = self.mlp(self.layernorm_after(hidden_states), **(mlp_kwargs or {}))
+        mlp_input = self.layernorm_after(hidden_states) if self.layernorm_after is not None else hidden_states
+        mlp_output = self.mlp(mlp_input, **(mlp_kwargs or {}))
         return hidden_states + self.dropout(mlp_output)
 
 

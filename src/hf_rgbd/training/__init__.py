@@ -1,5 +1,6 @@
-"""hf_rgbd.training: the classifier training loop, Madry adversarial training (`AdversarialTrainer`) and the
-Trainer callback of momentum distillation (`MomentumUpdateCallback`)."""
+"""hf_rgbd.training: the classifier training loop, Madry adversarial training (`AdversarialTrainer`), the
+Trainer callback of momentum distillation (`MomentumUpdateCallback`) and the staged training of the mixture of
+modality experts (`set_training_stage`)."""
 
 from .classification import (
     MODALITY_INPUT_KEYS,
@@ -9,16 +10,19 @@ from .classification import (
     train_classifier,
     train_cnn_classifier,
 )
+from .stages import TRAINING_STAGES, set_training_stage
 
 __all__ = [
     "MODALITY_INPUT_KEYS",
     "AdversarialTrainer",
     "ClassifierTrainingResult",
     "MomentumUpdateCallback",
+    "TRAINING_STAGES",
     "classification_accuracy",
     "to_channels_last",
     "train_classifier",
     "train_cnn_classifier",
+    "set_training_stage",
 ]
 
 
