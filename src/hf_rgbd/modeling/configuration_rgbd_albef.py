@@ -51,7 +51,7 @@ class RgbdAlbefConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthW
             position both modalities at once; cross-attention still reaches every RGB token. Without it
             (`False`, plain ALBEF), the fusion encoder must learn the correspondence of places from the two
             towers' position embeddings, and on the synthetic scenes ITM with hard negatives did not learn at all
-            (see `scripts/train_rgbd_albef.py`). A missing or dropped RGB image adds nothing.
+            (`scripts/ablate_rgbd_albef_fusion.py`). A missing or dropped RGB image adds nothing.
         projection_dim (`int`, defaults to 256): ITC embedding size.
         logit_scale_init_value (`float`, defaults to 2.6592): initial log of the ITC scale (1 / 0.07).
         depth_vocab_size (`int`, defaults to 64): depth words, as the processor's `depth_vocab_size`.
