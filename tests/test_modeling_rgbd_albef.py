@@ -134,7 +134,21 @@ class HeadWithoutStatesMixin:
         self._assert_flag_changes_nothing(output_attentions=True)
 
 
-class TestRgbdAlbefPreTrainingCommon(HeadWithoutStatesMixin, RgbdModelTestMixin):
+class ForcedDrawsRemoteCodeMixin:
+    """The remote-code test of a pretraining model: the child process calls the model without seeding torch, so
+    its inputs keep one valid depth word per sample (the masked patch is forced) and two pairs (each pair's hard
+    negative is the other one): nothing is left to chance."""
+
+    def test_remote_code_load_without_package(self, tmp_path: Path) -> None:
+        inputs_hook = self.get_inputs
+        self.get_inputs = lambda config, batch_size=2: one_valid_word(inputs_hook(config, batch_size))
+        try:
+            super().test_remote_code_load_without_package(tmp_path)
+        finally:
+            del self.get_inputs
+
+
+class TestRgbdAlbefPreTrainingCommon(ForcedDrawsRemoteCodeMixin, HeadWithoutStatesMixin, RgbdModelTestMixin):
     """Pretraining with everything on: MDM, distillation and a queue (so the saved state has teacher and queue, and
     `move_buffers`' training step fills the queue). Its masked patches and hard negatives come from torch's RNG, so
     `run_model` seeds it before each call: the same draws in every compared call."""
@@ -155,16 +169,6 @@ class TestRgbdAlbefPreTrainingCommon(HeadWithoutStatesMixin, RgbdModelTestMixin)
     def run_model(self, model, inputs: dict[str, torch.Tensor], **kwargs):
         torch.manual_seed(0)
         return super().run_model(model, inputs, **kwargs)
-
-    def test_remote_code_load_without_package(self, tmp_path: Path) -> None:
-        # The child process calls the model without seeding torch: with one valid depth word per sample the masked
-        # patch is forced, and with two pairs each pair's hard negative is the other one, so nothing is left to chance
-        inputs_hook = self.get_inputs
-        self.get_inputs = lambda config, batch_size=2: one_valid_word(inputs_hook(config, batch_size))
-        try:
-            super().test_remote_code_load_without_package(tmp_path)
-        finally:
-            del self.get_inputs
 
     def test_gradient_checkpointing(self) -> None:
         # The queue grows in every training forward, so the mixin's two passes (without and with checkpointing) would

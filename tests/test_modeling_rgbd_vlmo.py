@@ -12,7 +12,13 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_test_mixin import RgbdModelTestMixin
-from test_modeling_rgbd_albef import HeadWithoutStatesMixin, one_valid_word, pretraining_inputs, run
+from test_modeling_rgbd_albef import (
+    ForcedDrawsRemoteCodeMixin,
+    HeadWithoutStatesMixin,
+    one_valid_word,
+    pretraining_inputs,
+    run,
+)
 from test_modeling_rgbd_clip import _save_vision_checkpoint, make_inputs
 
 from hf_rgbd import (
@@ -64,7 +70,7 @@ class TestRgbdVlmoCommon(RgbdModelTestMixin):
         return [(batch_size, HEADS, length, length)] * LAYERS
 
 
-class TestRgbdVlmoPreTrainingCommon(HeadWithoutStatesMixin, RgbdModelTestMixin):
+class TestRgbdVlmoPreTrainingCommon(ForcedDrawsRemoteCodeMixin, HeadWithoutStatesMixin, RgbdModelTestMixin):
     """Pretraining: masked patches and hard negatives come from torch's RNG, so `run_model` seeds before each call."""
 
     model_classes = (RgbdVlmoForPreTraining,)
@@ -80,15 +86,6 @@ class TestRgbdVlmoPreTrainingCommon(HeadWithoutStatesMixin, RgbdModelTestMixin):
     def run_model(self, model, inputs: dict[str, torch.Tensor], **kwargs):
         torch.manual_seed(0)
         return super().run_model(model, inputs, **kwargs)
-
-    def test_remote_code_load_without_package(self, tmp_path: Path) -> None:
-        # the child process does not seed torch: one valid depth word per pair and two pairs leave nothing to chance
-        inputs_hook = self.get_inputs
-        self.get_inputs = lambda config, batch_size=2: one_valid_word(inputs_hook(config, batch_size))
-        try:
-            super().test_remote_code_load_without_package(tmp_path)
-        finally:
-            del self.get_inputs
 
     def test_batch_size_independence(self) -> None:
         # negatives and ITC columns depend on the batch by design; each pair's embeddings, MDM scores and positive
@@ -242,6 +239,8 @@ def test_pretraining_losses_negatives_and_bad_inputs():
         model(**inputs, scene_ids=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="same number of pairs"):
         model(**{**inputs, "pixel_values": inputs["pixel_values"][:3]})
+    with pytest.raises(ValueError, match="pixel_values.*floating-point"):
+        model(**{**inputs, "pixel_values": inputs["pixel_values"].tolist()})
     with pytest.raises(ValueError, match="needs both modalities"):
         RgbdVlmoForPreTraining(tiny_config(modalities="rgb"))
 

@@ -642,12 +642,9 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
 
         # MDM on the positives' masked patches
         mdm_logits = self.mdm_head(fused.last_hidden_state[:batch_size, 1:])
-        if mdm_on:
-            loss_mdm = masked_depth_loss(
-                mdm_logits, depth_token_ids, mdm_mask, teacher_mdm_logits, float(config.distillation_alpha)
-            )
-        else:
-            loss_mdm = torch.zeros((), dtype=loss_itm.dtype, device=loss_itm.device)
+        loss_mdm = masked_depth_loss(
+            mdm_logits, depth_token_ids, mdm_mask, teacher_mdm_logits, float(config.distillation_alpha)
+        )
 
         if self.queue is not None and self.training:
             self.queue.enqueue(teacher_embeds[0], teacher_embeds[1], scene_ids)

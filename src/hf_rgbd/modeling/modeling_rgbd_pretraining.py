@@ -25,7 +25,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .modeling_rgbd_common import check_flag, effective_depth_mask
+from .modeling_rgbd_common import check_flag, check_image_tensor, effective_depth_mask
 
 IGNORE_INDEX = -100  # depth token of a patch without valid depth (as the processor writes it)
 
@@ -85,6 +85,8 @@ def check_pairs(pixel_values: Any, depth_values: Any, what: str) -> int:
     """The number of RGB-D pairs; ValueError when a modality is missing or the batch sizes differ."""
     if pixel_values is None or depth_values is None:
         raise ValueError(f"{what} needs `pixel_values` and `depth_values`.")
+    check_image_tensor(pixel_values, "pixel_values")
+    check_image_tensor(depth_values, "depth_values")
     if pixel_values.shape[0] != depth_values.shape[0]:
         raise ValueError(
             f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
@@ -142,7 +144,6 @@ def check_depth_token_ids(depth_token_ids: Any, batch_size: int, config: Any) ->
         "come from a processor with another `depth_vocab_size`.",
     )
     return depth_token_ids
-
 
 
 # ------------------------------------------------------------------------------------------------------- ITC
@@ -363,17 +364,20 @@ class RgbdMaskedDepthHead(nn.Module):
 
 def masked_depth_loss(
     mdm_logits: torch.Tensor,
-    depth_token_ids: torch.Tensor,
-    mdm_mask: torch.Tensor,
+    depth_token_ids: torch.Tensor | None,
+    mdm_mask: torch.Tensor | None,
     teacher_logits: torch.Tensor | None = None,
     distillation_alpha: float = 0.0,
 ) -> torch.Tensor:
-    """Cross-entropy of the depth words of the masked patches (mean over masked patches; 0 if there are none).
-    With teacher logits and `distillation_alpha > 0`: `(1 - alpha) * CE(hard) + alpha * CE(teacher softmax)`, as
-    ALBEF's distilled MLM.
+    """Cross-entropy of the depth words of the masked patches (mean over masked patches; 0 if there are none, and
+    a float32 0 when MDM is off, `mdm_mask=None`). With teacher logits and `distillation_alpha > 0`:
+    `(1 - alpha) * CE(hard) + alpha * CE(teacher softmax)`, as ALBEF's distilled MLM.
 
-    Args: mdm_logits (B, N, V); depth_token_ids (B, N); mdm_mask (B, N) bool; teacher_logits (B, N, V) or None.
+    Args: mdm_logits (B, N, V); depth_token_ids (B, N) or None; mdm_mask (B, N) bool or None; teacher_logits
+    (B, N, V) or None.
     """
+    if mdm_mask is None:
+        return torch.zeros((), dtype=torch.float32, device=mdm_logits.device)
     selected = mdm_mask & (depth_token_ids >= 0)
     count = selected.sum().clamp(min=1)
     log_probs = F.log_softmax(mdm_logits.float(), dim=-1)
@@ -400,29 +404,6 @@ def ema_update(teacher: Iterable[torch.Tensor], student: Iterable[torch.Tensor],
     if len(teacher) != len(student):
         raise ValueError("the teacher and the student must have the same parameters.")
     torch._foreach_lerp_(teacher, student, 1.0 - momentum)
-
-
-__all__ = [
-    "IGNORE_INDEX",
-    "RgbdFeatureQueue",
-    "RgbdMaskedDepthHead",
-    "RgbdMatchingHead",
-    "contrastive_targets",
-    "depth_bin_centres",
-    "distributed_world",
-    "draw_mdm_mask",
-    "ema_update",
-    "gather_with_grad",
-    "gather_without_grad",
-    "global_contrastive_loss",
-    "global_uniform",
-    "local_rows",
-    "masked_depth_loss",
-    "matching_loss",
-    "patch_mask_to_pixels",
-    "sample_hard_negatives",
-    "soft_cross_entropy",
-]
 
 
 # ----------------------------------------------------------------------------------------------- shared steps
@@ -561,3 +542,39 @@ class RgbdMatchingMixin:
         rgb_embeds = F.normalize(trunk.get_rgb_features(pixel_values, **kwargs).pooler_output, dim=-1)
         depth_embeds = F.normalize(trunk.get_depth_features(depth_values, depth_mask, **kwargs).pooler_output, dim=-1)
         return RgbdMatchingOutput(itm_score=rgb_embeds @ depth_embeds.t(), rgb_embeds=rgb_embeds, depth_embeds=depth_embeds)
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "RgbdFeatureQueue",
+    "RgbdMaskedDepthHead",
+    "RgbdMatchingHead",
+    "RgbdMatchingMixin",
+    "RgbdMatchingOutput",
+    "check_depth_token_ids",
+    "check_fused_config",
+    "check_pairs",
+    "check_pretraining_batch",
+    "check_scene_ids",
+    "contrastive_targets",
+    "depth_bin_centres",
+    "distributed_world",
+    "draw_mdm_mask",
+    "draw_pretraining_rgb_dropout",
+    "ema_update",
+    "empty_depth",
+    "gather_with_grad",
+    "gather_without_grad",
+    "global_contrastive_loss",
+    "global_uniform",
+    "local_rows",
+    "mask_depth_for_mdm",
+    "masked_depth_loss",
+    "matching_labels",
+    "matching_loss",
+    "matching_pairs",
+    "matching_rgb_drop",
+    "patch_mask_to_pixels",
+    "sample_hard_negatives",
+    "soft_cross_entropy",
+]

@@ -505,10 +505,7 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
 
         # MDM on the positives' masked depth patches (the depth tokens after the depth [CLS])
         mdm_logits = self.mdm_head(fused[:batch_size, rgb_length + 1 :])
-        if mdm_mask is not None:
-            loss_mdm = masked_depth_loss(mdm_logits, depth_token_ids, mdm_mask)
-        else:
-            loss_mdm = torch.zeros((), dtype=loss_itm.dtype, device=loss_itm.device)
+        loss_mdm = masked_depth_loss(mdm_logits, depth_token_ids, mdm_mask)
         return RgbdVlmoForPreTrainingOutput(
             loss=loss_itc + loss_itm + loss_mdm,
             loss_itc=loss_itc,
