@@ -198,6 +198,8 @@ def test_a_fused_call_with_a_modality_missing_needs_modality_dropout():
         model(depth_values=inputs["depth_values"])
     with pytest.raises(ValueError, match="same batch size"):
         model(pixel_values=inputs["pixel_values"][:1], depth_values=inputs["depth_values"])
+    with pytest.raises(ValueError, match="depth_values.*floating-point"):
+        model(pixel_values=inputs["pixel_values"], depth_values=inputs["depth_values"].numpy())
 
 
 def test_classifier_loads_a_pretraining_folder_and_reports_only_its_head(tmp_path, caplog):

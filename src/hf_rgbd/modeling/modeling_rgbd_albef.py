@@ -40,6 +40,7 @@ from .modeling_rgbd_common import (
     check_flag,
     check_image_tensor,
     check_labels,
+    check_same_batch,
     draw_modality_dropout,
     effective_depth_mask,
     fused_classification_loss,
@@ -428,11 +429,7 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
             raise ValueError("pass `pixel_values`, `depth_values` or both.")
         use_rgb = "rgb" in config.active_modalities and pixel_values is not None
         use_depth = "depth" in config.active_modalities and depth_values is not None
-        if use_rgb and use_depth and pixel_values.shape[0] != depth_values.shape[0]:
-            raise ValueError(
-                f"`pixel_values` and `depth_values` must have the same batch size, got {pixel_values.shape[0]} and "
-                f"{depth_values.shape[0]}."
-            )
+        check_same_batch(pixel_values if use_rgb else None, depth_values if use_depth else None)
         kwargs = dict(kwargs, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         rgb_outputs = self.get_rgb_features(pixel_values, **kwargs) if use_rgb else None
         if config.modalities != "rgbd":

@@ -31,6 +31,7 @@ from .modeling_rgbd_common import (
     RgbdAutoMapMixin,
     check_classification_labels,
     check_labels,
+    check_same_batch,
     draw_modality_dropout,
     fused_classification_loss,
 )
@@ -525,11 +526,7 @@ class RgbdClipModel(RgbdDualTowerMixin, RgbdClipPreTrainedModel):
             raise ValueError("`pixel_values` is required by RgbdClipModel.forward.")
         if "depth" in active and depth_values is None:
             raise ValueError("`depth_values` is required by RgbdClipModel.forward.")
-        if len(active) == 2 and pixel_values.shape[0] != depth_values.shape[0]:
-            raise ValueError(
-                f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
-                f"{pixel_values.shape[0]} and {depth_values.shape[0]}."
-            )
+        check_same_batch(pixel_values if "rgb" in active else None, depth_values if "depth" in active else None)
         kwargs.update(interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         rgb_outputs = self.get_rgb_features(pixel_values, **kwargs) if "rgb" in active else None
         depth_outputs = self.get_depth_features(depth_values, depth_mask, **kwargs) if "depth" in active else None
@@ -627,11 +624,7 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
         use_depth = modalities in ("rgbd", "depth") and depth_values is not None
         if not use_rgb and not use_depth:
             raise ValueError("pass `pixel_values`, `depth_values` or both.")
-        if use_rgb and use_depth and pixel_values.shape[0] != depth_values.shape[0]:
-            raise ValueError(
-                f"`pixel_values` and `depth_values` must have the same batch size, got {pixel_values.shape[0]} and "
-                f"{depth_values.shape[0]}."
-            )
+        check_same_batch(pixel_values if use_rgb else None, depth_values if use_depth else None)
         if labels is not None:
             check_labels(labels, (pixel_values if use_rgb else depth_values).shape[0])
 

@@ -66,6 +66,19 @@ def check_image_tensor(values: Any, name: str, channels: int | None = None, chan
         )
 
 
+def check_same_batch(pixel_values: Any, depth_values: Any) -> None:
+    """ValueError naming the argument unless each given input (None: not given) is an image tensor
+    ([`check_image_tensor`]), and both, when given, hold the same number of samples."""
+    for name, values in (("pixel_values", pixel_values), ("depth_values", depth_values)):
+        if values is not None:
+            check_image_tensor(values, name)
+    if pixel_values is not None and depth_values is not None and pixel_values.shape[0] != depth_values.shape[0]:
+        raise ValueError(
+            "`pixel_values` and `depth_values` must hold the same number of pairs (the same batch size), got batch "
+            f"sizes {pixel_values.shape[0]} and {depth_values.shape[0]}."
+        )
+
+
 def check_depth_mask(depth_mask: Any, depth_values: torch.Tensor) -> torch.Tensor:
     """Validate `depth_mask` against `depth_values` (B, C, H, W); return it as (B, 1, H, W) bool (non-zero = valid).
 
@@ -202,6 +215,7 @@ def check_flag(value: Any, name: str) -> bool:
 
 __all__ = [
     "RgbdAutoMapMixin",
+    "check_same_batch",
     "check_batch_norm_batch",
     "check_classification_labels",
     "check_depth_mask",

@@ -25,7 +25,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .modeling_rgbd_common import check_flag, check_image_tensor, effective_depth_mask
+from .modeling_rgbd_common import check_flag, check_same_batch, effective_depth_mask
 
 IGNORE_INDEX = -100  # depth token of a patch without valid depth (as the processor writes it)
 
@@ -85,13 +85,7 @@ def check_pairs(pixel_values: Any, depth_values: Any, what: str) -> int:
     """The number of RGB-D pairs; ValueError when a modality is missing or the batch sizes differ."""
     if pixel_values is None or depth_values is None:
         raise ValueError(f"{what} needs `pixel_values` and `depth_values`.")
-    check_image_tensor(pixel_values, "pixel_values")
-    check_image_tensor(depth_values, "depth_values")
-    if pixel_values.shape[0] != depth_values.shape[0]:
-        raise ValueError(
-            f"`pixel_values` and `depth_values` must hold the same number of pairs, got batch sizes "
-            f"{pixel_values.shape[0]} and {depth_values.shape[0]}."
-        )
+    check_same_batch(pixel_values, depth_values)
     return pixel_values.shape[0]
 
 

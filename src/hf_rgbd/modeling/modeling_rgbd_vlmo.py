@@ -43,6 +43,7 @@ from .modeling_rgbd_common import (
     check_classification_labels,
     check_flag,
     check_labels,
+    check_same_batch,
     draw_modality_dropout,
     effective_depth_mask,
     fused_classification_loss,
@@ -413,11 +414,7 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
                 f"`{missing}` is None, but this model was not configured for a missing modality "
                 "(`config.modality_dropout` is (0, 0)): pass both, or train with `modality_dropout` > 0."
             )
-        if pixel_values is not None and depth_values is not None and pixel_values.shape[0] != depth_values.shape[0]:
-            raise ValueError(
-                f"`pixel_values` and `depth_values` must have the same batch size, got {pixel_values.shape[0]} and "
-                f"{depth_values.shape[0]}."
-            )
+        check_same_batch(pixel_values, depth_values)
         reference = pixel_values if pixel_values is not None else depth_values
         batch_size = reference.shape[0]
         if depth_values is None:
