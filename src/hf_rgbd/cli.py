@@ -153,10 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bars (as HF_RGBD_DISABLE_PROGRESS_BARS=1)"
     )
     demo_parser.set_defaults(handler=demo)
+    # parsed by HfArgumentParser in `main` (TrainingArguments plus the model and data arguments): listed for --help
+    commands.add_parser(
+        "finetune",
+        add_help=False,
+        help="Trainer fine-tuning of a classifier on synthetic / NYU Depth v2 / SUN RGB-D / folder data "
+        "(`hf-rgbd finetune --help` lists its arguments)",
+    )
     return parser
 
 
+# commands whose arguments another parser owns: name -> (module, entry point taking the remaining argv)
+DELEGATED_COMMANDS = {"finetune": ("hf_rgbd.training.finetune", "finetune_main")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED_COMMANDS:
+        import importlib
+
+        module, entry_point = DELEGATED_COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), entry_point)(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

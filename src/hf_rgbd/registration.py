@@ -72,3 +72,24 @@ def register_auto_classes() -> None:
         for auto_class_name, model_class in models.items():
             getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class_name)
+
+
+def preset_config(name: str):
+    """`(config class, factory)` for a `family:size` preset name such as `"rgbd_clip:small"` (`family` a
+    `model_type` of `MODEL_FAMILIES` with a classifier, `size` one of its config's presets, e.g. `tiny` /
+    `small`), or for a family alone (the config's defaults); None when `name` is not a preset (a folder or hub id).
+    A family without an image classifier, or an unknown size, raises ValueError listing what exists."""
+    family, _, size = name.partition(":")
+    families = {config.model_type: (config, models) for config, models in MODEL_FAMILIES}
+    if family not in families:
+        return None
+    config_class, models = families[family]
+    if "AutoModelForImageClassification" not in models:
+        with_classifier = [t for t, (_, m) in families.items() if "AutoModelForImageClassification" in m]
+        raise ValueError(f"{name!r}: {family} has no image classifier; families with one: {with_classifier}.")
+    if not size:
+        return config_class, config_class
+    sizes = [preset for preset in ("tiny", "small", "base") if callable(getattr(config_class, preset, None))]
+    if size not in sizes:
+        raise ValueError(f"{name!r}: {family} has the sizes {sizes} (as `{family}:SIZE`), not {size!r}.")
+    return config_class, getattr(config_class, size)
