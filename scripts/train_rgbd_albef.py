@@ -17,8 +17,9 @@ Per seed (`--seeds`):
    weights: fused (with modality dropout and per-tower auxiliary heads), RGB-only and depth-only, same epochs and
    hyper-parameters; test accuracy. For the seeds in `--scratch-seeds`, the fused classifier is also trained from
    scratch for as many epochs as fit the wall time of pretraining + fused fine-tuning.
-Seeds run `--workers` at a time in separate processes (`--threads` split among them); the from-scratch
-fine-tuning of a seed is queued as its own job once that seed has measured its budget.
+The work runs as jobs on `--workers` processes (`--threads` split among them): each seed's pretraining, then its
+three fine-tunings, then (scratch seeds) its fine-tuning from scratch once the fused fine-tuning has measured the
+budget; the longest ready job starts first.
 Once (first seed): `MatchingObjective` PGD on the matched test pairs (RGB only, depth only, both) over a ladder of
 budgets, and the cost of one pretraining step against an ITC-only step of the same towers (`RgbdClipModel`),
 interleaved repetitions.
@@ -381,11 +382,12 @@ def worker_threads(args) -> int:
     return max(1, args.threads // args.workers)
 
 
-def run_seed(seed: int, args) -> dict:
-    """Pretraining, retrieval / ITM, depth completion, (first seed) the matching attack, and fine-tuning of one seed."""
+def run_pretraining(seed: int, args) -> dict:
+    """Pretraining, retrieval / ITM, depth completion and (first seed) the matching attack of one seed; the
+    pretrained weights are saved for its fine-tuning jobs."""
     torch.set_num_threads(worker_threads(args))
     setup = Setup(args)
-    inputs, labels = setup.inputs()
+    inputs, _ = setup.inputs()
     torch.manual_seed(seed)
     model = RgbdAlbefForPreTraining._from_config(RgbdAlbefConfig.small(**setup.config_fields), **ATTENTION)
     if seed == args.seeds[0]:
@@ -393,7 +395,7 @@ def run_seed(seed: int, args) -> dict:
     stats = setup.stats
     batcher = AlbefBatcher(model.config, setup.depth_processor, RgbdAugment(**setup.augment_settings, generator=seed), stats["image_mean"], stats["image_std"])
     pretrain_seconds, history = pretrain(model, setup.data["train"], batcher, args, seed)
-    folder = Path(args.output_dir) / f"pretrained_seed{seed}"
+    folder = pretrained_folder(args, seed)
     model.save_pretrained(folder)
     setup.processor.save_pretrained(folder)
     row = {"pretrain_seconds": pretrain_seconds, "final_losses": history[-1], "threads": torch.get_num_threads()}
@@ -408,30 +410,86 @@ def run_seed(seed: int, args) -> dict:
         print(f"  [seed {seed}] depth completion MAE (m): " + ", ".join(f"{k} {v:.4f}" for k, v in row["completion"].items() if k.startswith("mae")), flush=True)
     if "attack" not in args.skip and seed == args.seeds[0]:
         row["matching_attack"] = matching_attack_curve(folder, inputs, setup.processor, args.attack_pairs)
-    if "finetune" not in args.skip:
-        row["finetune"] = {}
-        for variant in ("rgbd", "rgb", "depth"):
-            row["finetune"][variant] = finetune(folder, variant, inputs, labels, args, seed)
-            print(f"  [seed {seed}] fine-tuned {variant}: test accuracy {100 * row['finetune'][variant]['test_accuracy']:.1f}% "
-                  f"({row['finetune'][variant]['finetune_seconds']:.0f} s)", flush=True)
     return row
 
 
-def run_scratch(seed: int, args, row: dict) -> dict:
-    """The fused classifier trained from scratch for as many epochs as fit the seed's pretraining + fused
-    fine-tuning wall time (measured under the same worker setting)."""
+def pretrained_folder(args, seed: int) -> Path:
+    return Path(args.output_dir) / f"pretrained_seed{seed}"
+
+
+def run_finetuning(seed: int, variant: str, args) -> dict:
+    """Fine-tuning of one seed's pretrained weights on `variant` ("rgbd", "rgb" or "depth")."""
+    torch.set_num_threads(worker_threads(args))
+    inputs, labels = Setup(args).inputs()
+    row = finetune(pretrained_folder(args, seed), variant, inputs, labels, args, seed)
+    print(f"  [seed {seed}] fine-tuned {variant}: test accuracy {100 * row['test_accuracy']:.1f}% "
+          f"({row['finetune_seconds']:.0f} s, best epoch {row['best_epoch']})", flush=True)
+    return row
+
+
+def run_scratch(seed: int, args, budget: float, fused_finetune_seconds: float) -> dict:
+    """The fused classifier trained from scratch for as many epochs as fit `budget` seconds, the seed's pretraining
+    + fused fine-tuning wall time (measured under the same worker setting)."""
     torch.set_num_threads(worker_threads(args))
     setup = Setup(args)
     inputs, labels = setup.inputs()
-    fused = row["finetune"]["rgbd"]
-    budget = row["pretrain_seconds"] + fused["finetune_seconds"]
-    epochs = max(1, round(args.finetune_epochs * budget / fused["finetune_seconds"]))
-    folder = Path(args.output_dir) / f"pretrained_seed{seed}"
-    scratch = finetune(folder, "rgbd", inputs, labels, args, seed, scratch_config=setup.config_fields, epochs=epochs)
+    epochs = max(1, round(args.finetune_epochs * budget / fused_finetune_seconds))
+    scratch = finetune(pretrained_folder(args, seed), "rgbd", inputs, labels, args, seed, scratch_config=setup.config_fields, epochs=epochs)
     scratch["budget_seconds"] = budget
     print(f"  [seed {seed}] fused from scratch, {epochs} epochs: test accuracy {100 * scratch['test_accuracy']:.1f}% "
           f"({scratch['finetune_seconds']:.0f} s, budget {budget:.0f} s)", flush=True)
     return scratch
+
+
+# Dispatch order of the ready jobs, longest first, so that the workers finish together.
+JOB_PRIORITY = {"scratch": 0, "pretrain": 1, "finetune rgbd": 2, "finetune rgb": 3, "finetune depth": 3}
+
+
+def run_jobs(args, results: dict, output_dir: Path) -> None:
+    """Every seed's jobs on `--workers` processes: pretraining first; once it is done, its three fine-tunings; once
+    a scratch seed's fused fine-tuning is done, its fine-tuning from scratch. At most `--workers` jobs are handed to
+    the pool at a time, so the longest ready job always starts next."""
+    ready = [("pretrain", seed) for seed in args.seeds]
+    in_flight: dict = {}
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        while ready or in_flight:
+            ready.sort(key=lambda job: (JOB_PRIORITY[job[0]], job[1]))
+            while ready and len(in_flight) < args.workers:
+                kind, seed = ready.pop(0)
+                if kind == "pretrain":
+                    job = pool.apply_async(run_pretraining, (seed, args))
+                elif kind == "scratch":
+                    row = results["seeds"][seed]
+                    seconds = row["finetune"]["rgbd"]["finetune_seconds"]
+                    job = pool.apply_async(run_scratch, (seed, args, row["pretrain_seconds"] + seconds, seconds))
+                else:
+                    job = pool.apply_async(run_finetuning, (seed, kind.split()[1], args))
+                in_flight[job] = (kind, seed)
+            finished = [job for job in in_flight if job.ready()]
+            if not finished:
+                time.sleep(2)
+                continue
+            for job in finished:
+                kind, seed = in_flight.pop(job)
+                try:
+                    value = job.get()
+                except BaseException:  # stop every worker now rather than after the other jobs
+                    pool.terminate()
+                    raise
+                if kind == "pretrain":
+                    if "matching_attack" in value:
+                        results["matching_attack"] = value.pop("matching_attack")
+                    results["seeds"][seed] = value
+                    if "finetune" not in args.skip:
+                        value["finetune"] = {}
+                        ready += [(f"finetune {variant}", seed) for variant in ("rgbd", "rgb", "depth")]
+                elif kind == "scratch":
+                    results["seeds"][seed]["finetune"]["rgbd_from_scratch"] = value
+                else:
+                    results["seeds"][seed]["finetune"][kind.split()[1]] = value
+                    if kind == "finetune rgbd" and seed in args.scratch_seeds:
+                        ready.append(("scratch", seed))
+                (output_dir / "results.json").write_text(json.dumps(results, indent=2))
 
 
 def main() -> None:
@@ -485,31 +543,7 @@ def main() -> None:
         results["step_cost"] = step_cost(setup.plain, setup.data["train"], args)
         del setup
 
-    # Seeds run as jobs of `--workers` processes sharing the `--threads` threads. A seed's fine-tuning from scratch
-    # is a job of its own, queued once that seed has measured its budget (pretraining + fused fine-tuning).
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        pending = {pool.apply_async(run_seed, (seed, args)): ("seed", seed) for seed in args.seeds}
-        while pending:
-            finished = [job for job in pending if job.ready()]
-            if not finished:
-                time.sleep(2)
-                continue
-            for job in finished:
-                kind, seed = pending.pop(job)
-                try:
-                    value = job.get()
-                except BaseException:  # stop every worker now rather than after the other jobs
-                    pool.terminate()
-                    raise
-                if kind == "seed":
-                    if "matching_attack" in value:
-                        results["matching_attack"] = value.pop("matching_attack")
-                    results["seeds"][seed] = value
-                    if seed in args.scratch_seeds and "finetune" not in args.skip:
-                        pending[pool.apply_async(run_scratch, (seed, args, value))] = ("scratch", seed)
-                else:
-                    results["seeds"][seed]["finetune"]["rgbd_from_scratch"] = value
-                (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    run_jobs(args, results, output_dir)
     results["seeds"] = dict(sorted(results["seeds"].items()))
 
     def summary(values):
