@@ -515,7 +515,7 @@ def main() -> None:
     parser.add_argument("--colour-jitter", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=50)
     parser.add_argument("--finetune-batch-size", type=int, default=64)
     parser.add_argument("--finetune-lr", type=float, default=2e-3)
     parser.add_argument("--finetune-max-shift", type=int, default=4)

@@ -1,5 +1,6 @@
-"""hf_rgbd.data: synthetic RGB-D data, loaders for real RGB-D data sets, aligned RGB-D augmentation, a collator and
-a transform for DataLoader / Trainer input, and splits as model-input tensors."""
+"""hf_rgbd.data: synthetic RGB-D data (scenes in memory, rooms in the SUN RGB-D layout), loaders for real RGB-D
+data sets, aligned RGB-D augmentation, a collator and a transform for DataLoader / Trainer input, and splits as
+model-input tensors."""
 
 from .augmentation import RgbdAugment, random_flip_shift
 from .collator import RgbdDataCollator, RgbdTransform
@@ -14,6 +15,7 @@ from .loaders import (
     nyu10_class,
     rgbd_features,
 )
+from .rooms import ROOM_CLASSES, write_sunrgbd_rooms
 from .splits import split_to_tensors
 from .synthetic import CLASS_NAMES, make_synthetic_rgbd, render_rgbd_scenes
 
@@ -22,6 +24,7 @@ __all__ = [
     "NYU10_CLASSES",
     "NYU_KINECT_INTRINSICS",
     "NYU_SCENE_TYPES",
+    "ROOM_CLASSES",
     "SUNRGBD19_CLASSES",
     "RgbdAugment",
     "RgbdDataCollator",
@@ -35,4 +38,5 @@ __all__ = [
     "render_rgbd_scenes",
     "rgbd_features",
     "split_to_tensors",
+    "write_sunrgbd_rooms",
 ]
