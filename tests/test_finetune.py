@@ -107,6 +107,7 @@ def test_every_family_trains_reports_the_three_accuracies_and_saves_a_folder_tha
     assert classification_accuracy(loaded, without_rgb, labels) == pytest.approx(results["eval_accuracy_without_rgb"])
     card = (out / "README.md").read_text()
     assert "Accuracy Without Rgb" in card and "Accuracy Without Depth" in card and "hf-rgbd" in card
+    assert "trained from scratch on the synthetic dataset" in card
 
 
 def _tiny_data():

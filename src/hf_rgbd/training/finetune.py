@@ -39,7 +39,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.05,
     "warmup_steps": 0.2,
     "lr_scheduler_type": "cosine",
-    "num_train_epochs": 60,
+    "num_train_epochs": 40,
     "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 250,
     "max_grad_norm": 1.0,
@@ -440,11 +440,26 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
         "dataset": data_args.dataset,
         "tags": ["rgbd", "hf-rgbd", model.config.model_type],
     }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
+    # the card infers "fine-tuned from" from the config's `_name_or_path` unless it is a folder: a new preset model
+    # has none, and its card should say "trained from scratch"
+    name_or_path = model.config._name_or_path
+    if preset_config_name(model_args.model_name_or_path):
+        model.config._name_or_path = training_args.output_dir
+    try:
+        if training_args.push_to_hub:
+            trainer.push_to_hub(**card)
+        else:
+            trainer.create_model_card(**card)
+    finally:
+        model.config._name_or_path = name_or_path
     return results
+
+
+def preset_config_name(name: str) -> bool:
+    """Whether `--model_name_or_path` names a new model of a preset (not an existing folder)."""
+    from ..registration import preset_config
+
+    return not os.path.isdir(name) and preset_config(name) is not None
 
 
 def parse_finetune_args(argv: Sequence[str] | None = None):
