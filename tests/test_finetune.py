@@ -218,3 +218,46 @@ def test_a_data_set_without_validation_split_gets_one_carved_from_train(tmp_path
     args.train_val_split = 1.5
     with pytest.raises(ValueError, match="--train_val_split is 1.5; expected a fraction in \\(0, 1\\)"):
         load_finetune_dataset(args)
+
+
+def test_image_classification_example_with_the_rgbd_pieces_swapped_in(tmp_path):
+    # transformers' examples/pytorch/image-classification/run_image_classification.py, reduced to its Trainer part:
+    # its TrainingArguments (remove_unused_columns=False), with_transform for train and eval, its compute_metrics;
+    # swapped in: the model, the processor, the data set (SUN RGB-D layout) and the collator
+    from transformers import TrainingArguments
+
+    from hf_rgbd import RgbdCnnConfig, RgbdCnnForImageClassification
+    from hf_rgbd.data import RgbdAugment, RgbdDataCollator, RgbdTransform
+
+    files = write_sunrgbd_rooms(tmp_path / "SUNRGBD", num_train=16, num_validation=8, num_test=4, seed=4)
+    dataset = load_sunrgbd(tmp_path / "SUNRGBD", splits=files, classes="all", cache_dir=tmp_path / "cache")
+    labels = dataset["train"].features["label"].names
+    label2id, id2label = {label: i for i, label in enumerate(labels)}, dict(enumerate(labels))
+    torch.manual_seed(0)
+    model = RgbdCnnForImageClassification(
+        RgbdCnnConfig.small(num_labels=len(labels), label2id=label2id, id2label=id2label)
+    )
+    processor = default_processor(model.config, dataset["train"], image_size=32)
+    dataset["train"].set_transform(RgbdTransform(processor, augment=RgbdAugment(output_size=32, generator=0)))
+    dataset["validation"].set_transform(RgbdTransform(processor))
+
+    def compute_metrics(p):  # the example's, with numpy for `evaluate.load("accuracy")` (offline)
+        return {"accuracy": float(np.mean(np.argmax(p.predictions, axis=1) == p.label_ids))}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), remove_unused_columns=False, eval_strategy="epoch", save_strategy="epoch",
+        load_best_model_at_end=True, metric_for_best_model="accuracy", num_train_epochs=2, learning_rate=2e-3,
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, report_to="none", disable_tqdm=True, seed=0,
+    )
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset["train"], eval_dataset=dataset["validation"],
+        compute_metrics=compute_metrics, processing_class=processor, data_collator=RgbdDataCollator(),
+    )
+    train_result = trainer.train()
+    assert train_result.global_step == 4 and np.isfinite(train_result.training_loss)
+    assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and metrics["epoch"] == 2.0
+    trainer.save_model()
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path / "out"), RgbdProcessor)
