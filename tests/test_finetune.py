@@ -79,7 +79,9 @@ def test_bad_arguments_name_what_was_expected(tmp_path):
               str(tmp_path), "--split_files", "train.txt", *out])
     with pytest.raises(ValueError, match="--image_size 48 differs from the model's towers \\(32\\)"):
         main(["finetune", "--model_name_or_path", "rgbd_clip:tiny", *TINY_DATA, "--image_size", "48", *out])
-    with pytest.raises(SystemExit):  # argparse: an unknown family member of --modalities
+    with pytest.raises(ValueError, match="--max_train_samples must be a positive number of samples"):
+        main(["finetune", "--model_name_or_path", "rgbd_cnn:small", *TINY_DATA, "--max_train_samples", "0", *out])
+    with pytest.raises(SystemExit):  # argparse: a --modalities value outside its choices
         main(["finetune", "--model_name_or_path", "rgbd_cnn:small", "--modalities", "hha", *out])
 
 
@@ -261,3 +263,29 @@ def test_image_classification_example_with_the_rgbd_pieces_swapped_in(tmp_path):
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and metrics["epoch"] == 2.0
     trainer.save_model()
     assert isinstance(AutoProcessor.from_pretrained(tmp_path / "out"), RgbdProcessor)
+
+
+def test_a_folder_data_set_takes_every_label_with_classes_all(tmp_path):
+    from PIL import Image
+
+    for index, label in enumerate(["chair", "desk", "chair", "desk"]):
+        for sub in ("rgb", "depth"):
+            (tmp_path / "data" / sub / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((6, 8, 3), 40 * index, np.uint8)).save(tmp_path / "data" / "rgb" / label / f"{index}.png")
+        np.save(tmp_path / "data" / "depth" / label / f"{index}.npy", np.full((6, 8), 1.5, np.float32))
+    for classes in (None, "all"):
+        args = DataArguments(dataset="folder", dataset_path=str(tmp_path / "data"), classes=classes,
+                             dataset_cache_dir=str(tmp_path / "cache"), train_val_split=0.5)
+        data = load_finetune_dataset(args)
+        assert data["train"].features["label"].names == ["chair", "desk"]
+        assert len(data["train"]) == len(data["validation"]) == 2
+
+
+def test_a_loaded_processor_without_a_fixed_size_is_named(tmp_path):
+    torch.manual_seed(0)
+    from hf_rgbd import RgbdCnnForImageClassification, RgbdDepthProcessor, RgbdImageProcessor
+
+    RgbdCnnForImageClassification(RgbdCnnConfig.small(num_labels=8)).save_pretrained(tmp_path / "model")
+    RgbdProcessor(RgbdImageProcessor(size={"shortest_edge": 32}), RgbdDepthProcessor()).save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"image size \{'shortest_edge': 32\} is not a fixed \(height, width\)"):
+        run_cli(tmp_path, "--model_name_or_path", str(tmp_path / "model"), *TINY_DATA, *FAST)

@@ -190,6 +190,10 @@ def load_finetune_dataset(data_args: DataArguments, seed: int = 0):
         raise ValueError(f"--dataset must be one of {DATASETS}, got {data_args.dataset!r}.")
     if data_args.dataset != "synthetic" and not data_args.dataset_path:
         raise ValueError(f"--dataset {data_args.dataset} needs --dataset_path.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        limit = getattr(data_args, name)
+        if limit is not None and limit < 1:
+            raise ValueError(f"--{name} must be a positive number of samples (or left out), got {limit}.")
     common = {"cache_dir": data_args.dataset_cache_dir, "num_proc": data_args.num_proc}
     if data_args.dataset == "synthetic":
         data = make_synthetic_rgbd(
@@ -206,8 +210,8 @@ def load_finetune_dataset(data_args: DataArguments, seed: int = 0):
             data_args.dataset_path, splits=_split_files(data_args.split_files), depth=data_args.depth_variant,
             classes=_class_list(data_args.classes, "sunrgbd19"), **common,
         )
-    else:
-        classes = None if data_args.classes is None else _class_list(data_args.classes, "")
+    else:  # a folder's classes are every label found unless a list is given
+        classes = None if data_args.classes in (None, "all") else _class_list(data_args.classes, "all")
         data = load_rgbd_folder(
             data_args.dataset_path, depth_scale=data_args.depth_scale, labels=data_args.labels_file, classes=classes,
             **common,
@@ -294,45 +298,45 @@ def _classification_settings(config_class_or_config, model_args: ModelArguments)
     return settings
 
 
+def new_model_preset(name: str):
+    """`preset_config(name)` for a `--model_name_or_path` that names a new model of a preset, None for a folder
+    (which wins over a preset of the same name) or a hub id."""
+    from ..registration import preset_config
+
+    return None if os.path.isdir(name) else preset_config(name)
+
+
 def build_model(model_args: ModelArguments, label_names: Sequence[str]):
     """(model, processor or None): a new model of a `family:size` preset, or the classifier of a saved model with
     its processor (None when the folder has none)."""
-    import transformers
     from transformers import AutoConfig, AutoModelForImageClassification, AutoProcessor
-
-    from ..registration import preset_config
 
     attention = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     name = model_args.model_name_or_path
-    preset = None if os.path.isdir(name) else preset_config(name)  # a folder wins over a preset name
-    if preset is not None:
-        config_class, make = preset
-        config = make(**_labels_kwargs(label_names), **_classification_settings(config_class, model_args))
-        if model_args.config_overrides:
-            config.update_from_string(model_args.config_overrides)
-            config.validate()
-        model = AutoModelForImageClassification.from_config(config, **attention)
-        return model, None
+    preset = new_model_preset(name)
     hub = {
         "cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
         "trust_remote_code": model_args.trust_remote_code,
     }
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, **_labels_kwargs(label_names), **hub)
-    for key, value in _classification_settings(config, model_args).items():
-        setattr(config, key, value)
+    if preset is not None:
+        config_class, make = preset
+        config = make(**_labels_kwargs(label_names), **_classification_settings(config_class, model_args))
+    else:
+        config = AutoConfig.from_pretrained(name, **_labels_kwargs(label_names), **hub)
+        for key, value in _classification_settings(config, model_args).items():
+            setattr(config, key, value)
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
     config.validate()
+    if preset is not None:
+        return AutoModelForImageClassification.from_config(config, **attention), None
     model = AutoModelForImageClassification.from_pretrained(
-        model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        **attention, **hub,
+        name, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **attention, **hub
     )
     try:
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub)
+        processor = AutoProcessor.from_pretrained(name, **hub)
     except (OSError, ValueError, KeyError) as err:  # a folder saved without its processor
-        transformers.logging.get_logger(__name__).warning(
-            f"{model_args.model_name_or_path} has no processor ({err}); building one from the train split."
-        )
+        logger.warning(f"{name} has no processor ({err}); building one from the train split.")
         processor = None
     return model, processor
 
@@ -376,6 +380,18 @@ def missing_modality_metrics(trainer, dataset, prefix: str, modalities: str) -> 
     return metrics
 
 
+def _fixed_output_size(processor) -> tuple[int, int]:
+    """(height, width) of every processed sample: rows of different sizes must stack into one batch."""
+    image_processor = processor.image_processor
+    size = image_processor.crop_size if image_processor.do_center_crop else image_processor.size
+    if "height" not in size or "width" not in size:
+        raise ValueError(
+            f"the processor's image size {dict(size)} is not a fixed (height, width); fine-tuning stacks rows of "
+            'different sizes, so it needs size={"height": H, "width": W} or a center crop.'
+        )
+    return int(size["height"]), int(size["width"])
+
+
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict[str, float]:
     """Fine-tune, evaluate with each modality and with one missing, save model, processor, metrics and model card.
     Returns every final metric (as `all_results.json` holds them)."""
@@ -393,9 +409,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     model, processor = build_model(model_args, label_names)
     if processor is None:
         processor = default_processor(model.config, data["train"], data_args.image_size)
-    side = processor.image_processor.size
     augment = RgbdAugment(
-        output_size=(side["height"], side["width"]), crop_scale=(data_args.crop_scale, 1.0), p_flip=0.5,
+        output_size=_fixed_output_size(processor), crop_scale=(data_args.crop_scale, 1.0), p_flip=0.5,
         brightness=data_args.colour_jitter, contrast=data_args.colour_jitter, saturation=data_args.colour_jitter,
         generator=training_args.seed,
     )
@@ -443,7 +458,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     # the card infers "fine-tuned from" from the config's `_name_or_path` unless it is a folder: a new preset model
     # has none, and its card should say "trained from scratch"
     name_or_path = model.config._name_or_path
-    if preset_config_name(model_args.model_name_or_path):
+    if new_model_preset(model_args.model_name_or_path) is not None:
         model.config._name_or_path = training_args.output_dir
     try:
         if training_args.push_to_hub:
@@ -455,27 +470,19 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     return results
 
 
-def preset_config_name(name: str) -> bool:
-    """Whether `--model_name_or_path` names a new model of a preset (not an existing folder)."""
-    from ..registration import preset_config
-
-    return not os.path.isdir(name) and preset_config(name) is not None
-
-
 def parse_finetune_args(argv: Sequence[str] | None = None):
     """(ModelArguments, DataArguments, TrainingArguments) from the command line (or one `.json` file), with the
     recipe's `TrainingArguments` defaults."""
+    import torch
     from transformers import HfArgumentParser, TrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="hf-rgbd finetune")
-    import torch
-
     # pinned memory only helps an accelerator (and warns on every DataLoader without one)
-    parser.set_defaults(**RECIPE_DEFAULTS, dataloader_pin_memory=torch.accelerator.is_available())
+    defaults = {**RECIPE_DEFAULTS, "dataloader_pin_memory": torch.accelerator.is_available()}
+    parser.set_defaults(**defaults)
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        values = {**RECIPE_DEFAULTS, "dataloader_pin_memory": torch.accelerator.is_available(), **json.loads(Path(argv[0]).read_text())}
-        return parser.parse_dict(values)
+        return parser.parse_dict({**defaults, **json.loads(Path(argv[0]).read_text())})
     return parser.parse_args_into_dataclasses(args=argv)
 
 
