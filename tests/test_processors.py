@@ -354,6 +354,16 @@ class TestSensorFormats:
         np.testing.assert_allclose(metres, np.where(valid, mm / 1000.0, 0.0), rtol=1e-6)
         with pytest.raises(ValueError, match="sunrgbd"):
             RgbdDepthProcessor(depth_encoding="sunrgbd")(np.ones((4, 4), np.float32))
+        # the encoding for one call overrides the processor's setting, which stays as it was
+        plain = RgbdDepthProcessor(max_depth=10.0)
+        per_call = plain(rotated.astype(np.uint16), depth_encoding="sunrgbd")["depth_values"]
+        torch.testing.assert_close(per_call, out["depth_values"])
+        assert plain.depth_encoding is None
+        pair = RgbdProcessor(RgbdImageProcessor(size={"height": 2, "width": 3}), plain)
+        got = pair(images=np.zeros((2, 3, 3), np.uint8), depths=rotated.astype(np.uint16), depth_encoding="sunrgbd")
+        torch.testing.assert_close(got["depth_values"], out["depth_values"])
+        with pytest.raises(ValueError, match="depth_encoding"):
+            plain(mm, depth_encoding="kinect")
 
     def test_torch_layouts(self):
         depth = torch.from_numpy(ramp_depth(8, 8))

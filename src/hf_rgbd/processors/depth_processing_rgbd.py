@@ -281,6 +281,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
         allow_aspect_change: bool = False,
         return_intrinsics: bool = False,
         return_tensors: str | None = "pt",
+        depth_encoding: str | None = None,
     ) -> BatchFeature:
         """Process one depth map or a batch.
 
@@ -299,6 +300,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             allow_aspect_change: with a list of `plans`, accept depth maps whose aspect ratio differs from the RGB
                 image's (the depth map is then stretched to the RGB field of view).
             return_intrinsics: also return the rescaled `intrinsics` (B, 3, 3).
+            depth_encoding: `"plain"` or `"sunrgbd"` for this call (default: `self.depth_encoding`).
 
         Returns:
             `BatchFeature` with `depth_values` (B, C, H, W) float32 (C = 3 for HHA, else 1), `depth_mask`
@@ -312,6 +314,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             output_size=output_size,
             depth_scale=depth_scale,
             allow_aspect_change=allow_aspect_change,
+            depth_encoding=depth_encoding,
         )
         data = {"depth_values": self.from_metres(depth_m, depth_mask, intrinsics_out), "depth_mask": depth_mask}
         if self.depth_vocab_size is not None:
@@ -330,8 +333,10 @@ class RgbdDepthProcessor(BaseImageProcessor):
         output_size: tuple[int, int] | None = None,
         depth_scale: float | None = None,
         allow_aspect_change: bool = False,
+        depth_encoding: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Convert, resample and mask a batch of depth maps.
+        """Convert, resample and mask a batch of depth maps (`depth_scale` and `depth_encoding` override the
+        processor's settings for this call).
 
         Returns:
             depth_m (B, 1, H, W) float32 metres with 0 at holes, depth_mask (B, 1, H, W) bool, and the rescaled
@@ -340,6 +345,10 @@ class RgbdDepthProcessor(BaseImageProcessor):
         self.check_settings()
         allow_aspect_change = check_flag(allow_aspect_change, "allow_aspect_change")
         scale = self.depth_scale if depth_scale is None else _check_depth_scale(depth_scale)
+        if depth_encoding is None:
+            depth_encoding = self.depth_encoding
+        else:
+            depth_encoding = check_choice(depth_encoding, "depth_encoding", DEPTH_ENCODINGS)
         maps = to_depth_tensors(depths)
         if plans is None:
             plans = [plan_resize_crop(tuple(m.shape), _exact_size(output_size), None) for m in maps]
@@ -358,7 +367,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
                 f"depth maps would get different output sizes {sorted(output_sizes)}; pass `output_size`."
             )
 
-        if any(m.is_floating_point() for m in maps) and self.depth_encoding == "sunrgbd":
+        if any(m.is_floating_point() for m in maps) and depth_encoding == "sunrgbd":
             raise ValueError(
                 '`depths` holds float maps but depth_encoding="sunrgbd" expects the raw uint16 PNG values.'
             )
@@ -372,7 +381,7 @@ class RgbdDepthProcessor(BaseImageProcessor):
             rows, cols = index_cache[key]
             # Sample first, convert second: unit conversion only touches output-resolution pixels.
             sampled.append(depth[rows, cols])
-        depth = self._raw_to_metres(sampled, scale).unsqueeze(1)
+        depth = self._raw_to_metres(sampled, scale, depth_encoding).unsqueeze(1)
         depth_mask = torch.isfinite(depth) & (depth >= self.min_depth) & (depth <= self.max_depth)
         depth_m = torch.where(depth_mask, depth, torch.zeros((), dtype=depth.dtype, device=depth.device))
 
@@ -387,16 +396,17 @@ class RgbdDepthProcessor(BaseImageProcessor):
             ).to(depth.device)
         return depth_m, depth_mask, intrinsics_out
 
-    def _raw_to_metres(self, sampled: list[torch.Tensor], scale: float) -> torch.Tensor:
-        """Stack output-resolution maps and convert them to float32 metres (integers times `scale`)."""
+    def _raw_to_metres(self, sampled: list[torch.Tensor], scale: float, encoding: str | None) -> torch.Tensor:
+        """Stack output-resolution maps and convert them to float32 metres (integers times `scale`, decoded as
+        `encoding` says)."""
         if any(m.dtype != sampled[0].dtype for m in sampled):  # mixed dtypes (rare): convert map by map
-            return torch.stack([self._raw_to_metres([m], scale)[0] for m in sampled])
+            return torch.stack([self._raw_to_metres([m], scale, encoding)[0] for m in sampled])
         raw = torch.stack(sampled)
         if raw.is_floating_point():
             return raw.to(torch.float32)
-        if self.depth_encoding == "sunrgbd":
+        if encoding == "sunrgbd":
             raw = decode_sunrgbd_depth(raw)
-        elif self.depth_encoding is None:
+        elif encoding is None:
             _check_not_sunrgbd(raw, scale, self.max_depth)
         # float32 holds every 16-bit (and up to 24-bit) integer exactly; one rounding in the multiply.
         return raw.to(torch.float32).mul_(scale)

@@ -138,6 +138,7 @@ class RgbdProcessor(ProcessorMixin):
         allow_aspect_change: bool = False,
         depth_scale: float | None = None,
         return_intrinsics: bool = False,
+        depth_encoding: str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Process RGB images and/or depth maps into one batch.
@@ -153,6 +154,7 @@ class RgbdProcessor(ProcessorMixin):
             allow_aspect_change: accept RGB and depth of different aspect ratios (depth is stretched).
             depth_scale: metres per integer depth unit for this call.
             return_intrinsics: also return the rescaled `intrinsics` (B, 3, 3).
+            depth_encoding: `"plain"` or `"sunrgbd"` for this call (default: the depth processor's setting).
             kwargs: image-processor overrides (`size`, `do_center_crop`, `crop_size`, ...).
 
         Returns:
@@ -189,6 +191,7 @@ class RgbdProcessor(ProcessorMixin):
                     allow_aspect_change=allow_aspect_change,
                     return_intrinsics=return_intrinsics,
                     return_tensors=None,
+                    depth_encoding=depth_encoding,
                 )
             )
         elif intrinsics is not None or check_flag(return_intrinsics, "return_intrinsics"):
