@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageClassification, AutoProcessor, Trainer
+from transformers import AutoModelForImageClassification, AutoProcessor, Trainer, pipeline
 
 from hf_rgbd import RgbdAlbefConfig, RgbdAlbefForPreTraining, RgbdClipConfig, RgbdCnnConfig, RgbdProcessor
 from hf_rgbd.cli import main
@@ -110,6 +110,13 @@ def test_every_family_trains_reports_the_three_accuracies_and_saves_a_folder_tha
     card = (out / "README.md").read_text()
     assert "Accuracy Without Rgb" in card and "Accuracy Without Depth" in card and "hf-rgbd" in card
     assert "trained from scratch on the synthetic dataset" in card
+    # the RGB-D section: tasks, modalities, depth representation and units
+    assert "`rgbd-image-classification`" in card and "RGB and depth" in card
+    assert f"`{processor.depth_image_processor.representation}`" in card and "**Depth units**: metres" in card
+    # the folder serves the classification pipeline, which predicts as the model does
+    classifier = pipeline("rgbd-image-classification", model=str(out))
+    first = classifier({"image": data["validation"][0]["image"], "depth": np.asarray(data["validation"][0]["depth"])})
+    assert first[0]["label"] == loaded.config.id2label[int(loaded(**{k: v[:1] for k, v in inputs.items()}).logits.argmax())]
 
 
 def _tiny_data():

@@ -499,7 +499,9 @@ def test_init_weights_restores_parameters_missing_from_checkpoint(tmp_path):
         model.logit_scale.fill_(4.0)
     model.save_pretrained(tmp_path)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    assert set(auto_map) == {
+        "AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoModelForZeroShotImageClassification"
+    }
     weights = load_file(tmp_path / "model.safetensors")
     del weights["logit_scale"], weights["depth_model.embeddings.missing_depth_embedding"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -127,6 +128,112 @@ def _probe(args: argparse.Namespace) -> None:
         )
 
 
+def parse_number(text: str, name: str) -> float:
+    """A number from the command line: `0.05`, `8/255`."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        value = float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{name}: expected a number such as 0.05 or 8/255, got {text!r}") from None
+    return value
+
+
+def parse_assignments(pairs: list[str], name: str, parse_value) -> dict[str, object]:
+    """`KEY=VALUE` command-line pairs as a dict (each value through `parse_value(text, label)`)."""
+    parsed = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise argparse.ArgumentTypeError(f"{name}: expected KEY=VALUE, got {pair!r}")
+        parsed[key] = parse_value(value, f"{name} {key}")
+    return parsed
+
+
+def parse_attack_argument(text: str, name: str) -> object:
+    """An attack argument's value: JSON (numbers, true / false, null, lists, dicts), a fraction (`8/255`), or a
+    string (e.g. a loss name)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return parse_number(text, name)
+    except argparse.ArgumentTypeError:
+        return text
+
+
+def attack(args: argparse.Namespace) -> int:
+    """`hf-rgbd attack`: the rgbd-adversarial-attack pipeline on one RGB-D pair, writing the adversarial pair as
+    PNG (RGB 8-bit, depth 16-bit millimetres) and `attack.json` with the predictions and perturbation norms."""
+    from pathlib import Path
+
+    from PIL import Image
+    from transformers import pipeline
+
+    from .utils import torch_thread_limit
+
+    try:
+        budget = parse_assignments(args.budget, "--budget", parse_number) if args.budget else None
+        attack_arguments = parse_assignments(args.attack_args, "--attack-args", parse_attack_argument)
+    except argparse.ArgumentTypeError as error:
+        print(f"hf-rgbd attack: error: {error}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output_dir)
+    with torch_thread_limit(args.threads, "--threads"):
+        attacker = pipeline(
+            "rgbd-adversarial-attack",
+            model=args.model,
+            trust_remote_code=args.trust_remote_code,
+            attack=args.attack,
+            budget=budget,
+            seed=args.seed,
+            **attack_arguments,
+        )
+        result = attacker(
+            args.image,
+            depths=args.depth,
+            depth_scale=args.depth_scale,
+            depth_encoding=args.depth_encoding,
+            top_k=args.top_k,
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if result["adversarial_image"] is not None:
+        written["adversarial_image"] = str(output_dir / "adversarial_image.png")
+        result["adversarial_image"].save(written["adversarial_image"])
+    if result["adversarial_depth"] is not None:
+        millimetres = np.rint(result["adversarial_depth"] * 1000.0)
+        if millimetres.max(initial=0) > np.iinfo(np.uint16).max:
+            raise ValueError("the adversarial depth exceeds 65.535 m, the range of a 16-bit millimetre PNG.")
+        written["adversarial_depth"] = str(output_dir / "adversarial_depth.png")
+        Image.fromarray(millimetres.astype(np.uint16)).save(written["adversarial_depth"])
+    report = {
+        "model": args.model,
+        "image": args.image,
+        "depth": args.depth,
+        "attack": result["attack"],
+        "budget": result["budget"],
+        "attack_arguments": attack_arguments,
+        "seed": result["seed"],
+        "success": result["success"],
+        "predictions_before": result["predictions_before"],
+        "predictions_after": result["predictions_after"],
+        "perturbation": result["perturbation"],
+        "files": written,
+        "depth_png": "16-bit millimetres, 0 at holes",
+    }
+    (output_dir / "attack.json").write_text(json.dumps(report, indent=2) + "\n")
+    before, after = result["predictions_before"], result["predictions_after"]
+    describe = (lambda p: f"{p[0]['label']} ({p[0]['score']:.3f})") if isinstance(before, list) else (
+        lambda p: f"matched {p['score']:.3f}"
+    )
+    print(f"{result['attack']}: {describe(before)} -> {describe(after)}; success {result['success']}")
+    for name, norms in result["perturbation"].items():
+        print(f"  {name}: linf {norms['linf']:.4g}, l2 {norms['l2']:.4g} (physical units)")
+    print(f"wrote {', '.join(written.values())} and {output_dir / 'attack.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-rgbd", description="RGB-D models, processors and attacks on Hugging Face."
@@ -153,6 +260,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bars (as HF_RGBD_DISABLE_PROGRESS_BARS=1)"
     )
     demo_parser.set_defaults(handler=demo)
+    attack_parser = commands.add_parser(
+        "attack",
+        help="attack a saved RGB-D model on one RGB-D pair and write the adversarial pair (the "
+        "rgbd-adversarial-attack pipeline)",
+    )
+    attack_parser.add_argument("image", help="RGB image file")
+    attack_parser.add_argument(
+        "depth", nargs="?", default=None, help="depth file: 16-bit PNG, SUN RGB-D PNG, .npy / float TIFF in metres"
+    )
+    attack_parser.add_argument("--model", required=True, help="model folder or hub id")
+    attack_parser.add_argument("--attack", default="pgd", help="attack by lower-case class name (pgd, apgd, fgsm, ...)")
+    attack_parser.add_argument(
+        "--budget",
+        nargs="+",
+        default=None,
+        metavar="INPUT=VALUE",
+        help="per-input budget in physical units, e.g. pixel_values=8/255 depth_values=0.05 (default: the attack's)",
+    )
+    attack_parser.add_argument(
+        "--attack-args", nargs="*", default=[], metavar="KEY=VALUE", help="other attack arguments, e.g. steps=20"
+    )
+    attack_parser.add_argument("--seed", type=int, default=0)
+    attack_parser.add_argument("--depth-scale", type=float, default=None, help="metres per integer depth unit")
+    attack_parser.add_argument("--depth-encoding", choices=("plain", "sunrgbd"), default=None)
+    attack_parser.add_argument("--top-k", type=int, default=5)
+    attack_parser.add_argument("--threads", type=int, default=None, help="at most this many torch threads")
+    attack_parser.add_argument("--trust-remote-code", action="store_true")
+    attack_parser.add_argument("--output-dir", required=True)
+    attack_parser.set_defaults(handler=attack)
     # parsed by HfArgumentParser in `main` (TrainingArguments plus the model and data arguments): listed for --help
     commands.add_parser(
         "finetune",

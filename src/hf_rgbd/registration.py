@@ -8,6 +8,7 @@ from .modeling import (
     RgbdAlbefForDepthCompletion,
     RgbdAlbefForImageClassification,
     RgbdAlbefForPreTraining,
+    RgbdAlbefForRgbdMatching,
     RgbdAlbefModel,
     RgbdClipConfig,
     RgbdClipForImageClassification,
@@ -20,14 +21,26 @@ from .modeling import (
     RgbdVlmoConfig,
     RgbdVlmoForImageClassification,
     RgbdVlmoForPreTraining,
+    RgbdVlmoForRgbdMatching,
     RgbdVlmoModel,
 )
+from .modeling.modeling_rgbd_common import RgbdAutoMapMixin
+from .pipelines import PIPELINE_TASKS, register_pipelines
 from .processors import RgbdImageProcessor, RgbdProcessor, RgbdProcessorConfig
 
-# every model family: its config and the model class registered under each Auto class (RgbdVitModel is one tower)
+# every model family: its config and the model class registered under each Auto class (RgbdVitModel is one tower).
+# The RGB-depth matching models go under AutoModelForZeroShotImageClassification, where transformers registers CLIP
+# and BLIP-2's image-text matching model: the class the rgbd-matching pipeline loads.
 MODEL_FAMILIES = (
     (RgbdVitConfig, {"AutoModel": RgbdVitModel}),
-    (RgbdClipConfig, {"AutoModel": RgbdClipModel, "AutoModelForImageClassification": RgbdClipForImageClassification}),
+    (
+        RgbdClipConfig,
+        {
+            "AutoModel": RgbdClipModel,
+            "AutoModelForImageClassification": RgbdClipForImageClassification,
+            "AutoModelForZeroShotImageClassification": RgbdClipModel,
+        },
+    ),
     (RgbdCnnConfig, {"AutoModel": RgbdCnnModel, "AutoModelForImageClassification": RgbdCnnForImageClassification}),
     (
         RgbdAlbefConfig,
@@ -36,6 +49,7 @@ MODEL_FAMILIES = (
             "AutoModelForPreTraining": RgbdAlbefForPreTraining,
             "AutoModelForImageClassification": RgbdAlbefForImageClassification,
             "AutoModelForDepthEstimation": RgbdAlbefForDepthCompletion,
+            "AutoModelForZeroShotImageClassification": RgbdAlbefForRgbdMatching,
         },
     ),
     (
@@ -44,13 +58,14 @@ MODEL_FAMILIES = (
             "AutoModel": RgbdVlmoModel,
             "AutoModelForPreTraining": RgbdVlmoForPreTraining,
             "AutoModelForImageClassification": RgbdVlmoForImageClassification,
+            "AutoModelForZeroShotImageClassification": RgbdVlmoForRgbdMatching,
         },
     ),
 )
 
 
 def register_auto_classes() -> None:
-    """Register configs, processors and models with the Auto classes. Idempotent.
+    """Register configs, processors and models with the Auto classes, and the pipeline tasks. Idempotent.
 
     Saved folders of the registered models carry their code and list AutoConfig and every Auto class of their
     family in their `auto_map`, so they load with `trust_remote_code=True` without hf_rgbd; `AutoProcessor` maps
@@ -72,6 +87,11 @@ def register_auto_classes() -> None:
         for auto_class_name, model_class in models.items():
             getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class_name)
+    register_pipelines()
+    RgbdAutoMapMixin.pipeline_registry = {
+        task: (pipeline_class, tuple(auto_class.__name__ for auto_class in auto_classes))
+        for task, (pipeline_class, auto_classes) in PIPELINE_TASKS.items()
+    }
 
 
 def preset_config(name: str):

@@ -5,6 +5,7 @@ modality in physical units. The algorithms only: robustness evaluation lives in 
 from .apgd import APGD
 from .base import DEFAULT_BUDGET, PERTURBABLE_INPUTS, AttackResult, RgbdAttack
 from .gradient_attacks import BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM
+from .perturbation_space import physical_inputs
 from .objectives import (
     AttackObjective,
     ClassificationObjective,
@@ -34,4 +35,5 @@ __all__ = [
     "cross_entropy_loss",
     "dlr_loss",
     "margin_loss",
+    "physical_inputs",
 ]

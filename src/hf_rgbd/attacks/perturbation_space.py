@@ -110,6 +110,19 @@ def _depth_space(
     )
 
 
+def physical_inputs(batch: Mapping[str, Any], processor: Any) -> Iterate:
+    """The RGB (in [0, 1]) and depth (metres, 0 at holes) of a processed batch, as the attacks see them: one entry
+    per input the batch has, depth only when the processor's representation converts back to metres."""
+    names = [name for name in ("pixel_values", "depth_values") if batch.get(name) is not None]
+    depth_processor = getattr(processor, "depth_image_processor", None)
+    if depth_processor is not None and depth_processor.representation not in INVERTIBLE_REPRESENTATIONS:
+        names = [name for name in names if name != "depth_values"]
+    if not names:
+        return {}
+    zero = dict.fromkeys(names, 0.0)
+    return PerturbationSpace(batch, zero, zero, processor).clean()
+
+
 class PerturbationSpace:
     """The perturbed inputs of one batch in physical units, with their budgets, valid ranges and holes.
 
@@ -204,4 +217,4 @@ class PerturbationSpace:
         return self.project_linf(candidate)
 
 
-__all__ = ["Iterate", "ModalitySpace", "PerturbationSpace", "check_processor"]
+__all__ = ["Iterate", "ModalitySpace", "PerturbationSpace", "check_processor", "physical_inputs"]

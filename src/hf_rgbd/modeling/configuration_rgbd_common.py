@@ -49,6 +49,14 @@ class RgbdSharedConfigMixin:
     `__post_init__`) and `classifier_dropout`.
     """
 
+    def __post_init__(self, **kwargs: Any) -> None:
+        # Installed hf_rgbd serves the RGB-D pipeline tasks from its own registry. `custom_pipelines` (written by
+        # `save_pretrained` for loading without hf_rgbd) would make `pipeline(task, model=folder)` demand
+        # `trust_remote_code=True`, so the installed classes drop it; a copy loaded as remote code keeps it.
+        if type(self).__module__.startswith("hf_rgbd."):
+            kwargs.pop("custom_pipelines", None)
+        super().__post_init__(**kwargs)
+
     def validate_modality_dropout(self) -> None:
         """`modality_dropout` is a pair `(p_rgb, p_depth)` of probabilities with `p_rgb + p_depth <= 1` (one draw per
         sample drops at most one modality), all zeros unless `modalities == "rgbd"`."""

@@ -259,6 +259,7 @@ class RgbdAlbefPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreT
         "AutoModelForPreTraining": "RgbdAlbefForPreTraining",
         "AutoModelForImageClassification": "RgbdAlbefForImageClassification",
         "AutoModelForDepthEstimation": "RgbdAlbefForDepthCompletion",
+        "AutoModelForZeroShotImageClassification": "RgbdAlbefForRgbdMatching",
     }
     base_model_prefix = "rgbd_albef"
     main_input_name = "pixel_values"
@@ -503,6 +504,8 @@ class RgbdAlbefForPreTraining(RgbdAlbefPreTrainedModel):
     does): the teacher is not updated by `forward`.
     """
 
+    pipeline_tasks = ("rgbd-matching",)
+
     _keys_to_ignore_on_load_unexpected: list[str] = []
 
     def __init__(self, config: RgbdAlbefConfig):
@@ -670,6 +673,8 @@ class RgbdAlbefForImageClassification(RgbdAlbefPreTrainedModel):
     `modalities="rgbd"` (see [`RgbdAlbefModel`]); train with `modality_dropout` for that to work well.
     """
 
+    pipeline_tasks = ("rgbd-image-classification", "rgbd-adversarial-attack")
+
     def __init__(self, config: RgbdAlbefConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -751,6 +756,8 @@ class RgbdAlbefForRgbdMatching(RgbdMatchingMixin, RgbdAlbefPreTrainedModel):
     """RGB-depth matching, as `BlipForImageTextRetrieval`: `use_itm_head=True` scores pairs with the ITM head
     (`itm_score` (B, 2) logits, index 1 = matched), `use_itm_head=False` gives the ITC cosine similarities
     (B_rgb, B_depth), the filter that finds noisy pairs. Loads the trunk and ITM head of a pretraining checkpoint."""
+
+    pipeline_tasks = ("rgbd-matching",)
 
     _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^queue\.", r"^mdm_head\."]
 

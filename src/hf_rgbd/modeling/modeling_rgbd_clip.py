@@ -372,6 +372,7 @@ class RgbdClipPreTrainedModel(RgbdVisionPretrainedMixin, RgbdAutoMapMixin, PreTr
     auto_map_classes = {
         "AutoModel": "RgbdClipModel",
         "AutoModelForImageClassification": "RgbdClipForImageClassification",
+        "AutoModelForZeroShotImageClassification": "RgbdClipModel",
     }
     config: RgbdClipConfig
     base_model_prefix = "rgbd_clip"
@@ -479,6 +480,8 @@ class RgbdClipModel(RgbdDualTowerMixin, RgbdClipPreTrainedModel):
     temperature and the symmetric contrastive loss (ITC). With `modalities="rgb"` / `"depth"` only that tower and
     its projection are built, and the forward pass returns that modality's embeddings only (no logits, no loss)."""
 
+    pipeline_tasks = ("rgbd-matching",)
+
     def __init__(self, config: RgbdClipConfig):
         super().__init__(config)
         active = config.active_modalities
@@ -564,6 +567,8 @@ class RgbdClipForImageClassification(RgbdClipPreTrainedModel):
     auxiliary linear head on its own embedding (`rgb_classifier`, `depth_classifier`) whose losses are added to the
     fused loss (training signal only: `logits` is always the fused classifier's).
     """
+
+    pipeline_tasks = ("rgbd-image-classification", "rgbd-adversarial-attack")
 
     def __init__(self, config: RgbdClipConfig):
         super().__init__(config)

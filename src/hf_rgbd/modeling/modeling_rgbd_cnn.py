@@ -759,6 +759,8 @@ class RgbdCnnForImageClassification(RgbdCnnPreTrainedModel):
     [`RgbdCnnModel`] with a linear classifier on the pooled fused features (scene / object classification).
     """
 
+    pipeline_tasks = ("rgbd-image-classification", "rgbd-adversarial-attack")
+
     def __init__(self, config: RgbdCnnConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels

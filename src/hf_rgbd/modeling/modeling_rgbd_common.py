@@ -5,21 +5,31 @@ Part of the flat `hf_rgbd.modeling` folder: it imports nothing from hf_rgbd, so 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from transformers.dynamic_module_utils import custom_object_save
 
 
 class RgbdAutoMapMixin:
-    """Makes a saved folder loadable under every Auto class of its family with `trust_remote_code=True`.
+    """Makes a saved folder loadable under every Auto class of its family with `trust_remote_code=True`, and
+    usable by `pipeline(task, model=folder, trust_remote_code=True)` for the RGB-D tasks the model serves.
 
     `save_pretrained` of a class registered with `register_for_auto_class` writes only that class's entry into the
     config's `auto_map`; this mixin (placed before `PreTrainedModel` in the bases) adds `AutoConfig` and every
-    entry of `auto_map_classes` (`{"AutoModel": "RgbdCnnModel", ...}`, classes of the model's own module).
+    entry of `auto_map_classes` (`{"AutoModel": "RgbdCnnModel", ...}`, classes of the model's own module). For each
+    of the class's `pipeline_tasks` that `hf_rgbd.pipelines` registered (in `pipeline_registry`), it writes the
+    task into the config's `custom_pipelines` and copies the pipeline code into the folder.
     """
 
     auto_map_classes: ClassVar[dict[str, str]] = {}
+    #: the RGB-D pipeline tasks a saved folder of this class serves
+    pipeline_tasks: ClassVar[tuple[str, ...]] = ()
+    #: task -> (pipeline class, names of the transformers Auto classes that load its model); filled at
+    #: `import hf_rgbd` (empty where this module runs as remote code)
+    pipeline_registry: ClassVar[dict[str, tuple[type, tuple[str, ...]]]] = {}
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_auto_class", None) is not None:
@@ -30,6 +40,21 @@ class RgbdAutoMapMixin:
             for auto_class, class_name in self.auto_map_classes.items():
                 auto_map.setdefault(auto_class, f"{module}.{class_name}")
             self.config.auto_map = auto_map
+            pipelines = {task: self.pipeline_registry[task] for task in self.pipeline_tasks if task in self.pipeline_registry}
+            if pipelines:
+                self.config.custom_pipelines = {
+                    task: {
+                        "impl": f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}",
+                        "pt": list(auto_classes),
+                        "tf": [],
+                        "type": "multimodal",
+                    }
+                    for task, (cls, auto_classes) in pipelines.items()
+                }
+                if kwargs.get("is_main_process", True):  # before saving: `push_to_hub=True` uploads the folder
+                    os.makedirs(save_directory, exist_ok=True)
+                    for cls, _ in pipelines.values():
+                        custom_object_save(cls, save_directory)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -186,6 +186,7 @@ class RgbdVlmoPreTrainedModel(RgbdVisionPretrainedMixin, RgbdVitPreTrainedModel)
         "AutoModel": "RgbdVlmoModel",
         "AutoModelForPreTraining": "RgbdVlmoForPreTraining",
         "AutoModelForImageClassification": "RgbdVlmoForImageClassification",
+        "AutoModelForZeroShotImageClassification": "RgbdVlmoForRgbdMatching",
     }
     base_model_prefix = "rgbd_vlmo"
     main_input_name = "pixel_values"
@@ -437,6 +438,8 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
     heads and losses. Each stream is embedded once per step (depth with the MDM patches as holes); those embeddings
     serve the unimodal passes and the fused pass of the B positive and 2B hard-negative pairs."""
 
+    pipeline_tasks = ("rgbd-matching",)
+
     def __init__(self, config: RgbdVlmoConfig):
         super().__init__(config)
         check_fused_config(config, "RgbdVlmoForPreTraining")
@@ -527,6 +530,8 @@ class RgbdVlmoForImageClassification(RgbdVlmoPreTrainedModel):
     only the new head is reported missing.
     """
 
+    pipeline_tasks = ("rgbd-image-classification", "rgbd-adversarial-attack")
+
     def __init__(self, config: RgbdVlmoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -593,6 +598,8 @@ class RgbdVlmoForRgbdMatching(RgbdMatchingMixin, RgbdVlmoPreTrainedModel):
     """RGB-depth matching as [`RgbdAlbefForRgbdMatching`] (and `BlipForImageTextRetrieval`): `use_itm_head=True`
     gives `itm_score` (B, 2) ITM logits of the pairs (index 1 = matched), `use_itm_head=False` the
     (B_rgb, B_depth) cosine similarities of the unimodal ITC embeddings."""
+
+    pipeline_tasks = ("rgbd-matching",)
 
     def __init__(self, config: RgbdVlmoConfig):
         super().__init__(config)

@@ -17,6 +17,7 @@ __all__ = [
     "AdversarialTrainer",
     "ClassifierTrainingResult",
     "MomentumUpdateCallback",
+    "RgbdTrainer",
     "TRAINING_STAGES",
     "classification_accuracy",
     "to_channels_last",
@@ -27,12 +28,16 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # `AdversarialTrainer` and `MomentumUpdateCallback` import `transformers.Trainer` (about a second): loaded on
-    # first use, not at import.
+    # `AdversarialTrainer`, `RgbdTrainer` and `MomentumUpdateCallback` import `transformers.Trainer` (about a
+    # second): loaded on first use, not at import.
     if name == "AdversarialTrainer":
         from .adversarial_training import AdversarialTrainer
 
         return AdversarialTrainer
+    if name == "RgbdTrainer":
+        from .rgbd_trainer import RgbdTrainer
+
+        return RgbdTrainer
     if name == "MomentumUpdateCallback":
         from .callbacks import MomentumUpdateCallback
 

@@ -10,7 +10,7 @@ defaults are replaced by the recipe of [`RECIPE_DEFAULTS`] (any of them can stil
 
 At the end the output folder holds the model, its processor, `all_results.json` (`eval_accuracy`,
 `eval_accuracy_without_rgb`, `eval_accuracy_without_depth`, and the same for `test_` when the data set has a test
-split) and a model card (`README.md`) with the metrics.
+split) and a model card (`README.md`) with the metrics and the RGB-D section (`RgbdTrainer`).
 """
 
 from __future__ import annotations
@@ -395,9 +395,10 @@ def _fixed_output_size(processor) -> tuple[int, int]:
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict[str, float]:
     """Fine-tune, evaluate with each modality and with one missing, save model, processor, metrics and model card.
     Returns every final metric (as `all_results.json` holds them)."""
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from ..data import RgbdAugment, RgbdDataCollator, RgbdTransform
+    from .rgbd_trainer import RgbdTrainer
 
     if training_args.remove_unused_columns:
         raise ValueError(
@@ -416,7 +417,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     )
     train = data["train"].with_transform(RgbdTransform(processor, augment=augment))
     evaluation = {split: data[split].with_transform(RgbdTransform(processor)) for split in ("validation", "test") if split in data}
-    trainer = Trainer(
+    trainer = RgbdTrainer(
         model=model,
         args=training_args,
         train_dataset=train,
