@@ -160,15 +160,15 @@ def test_without_inputs_leaves_the_modality_out_of_every_batch():
 def test_push_to_hub_passes_through_to_the_trainer(tmp_path, monkeypatch):
     pushed = {}
 
-    def fake_push(self, **kwargs):  # the real upload is tested against the local hub server (pipelines issue)
-        pushed.update(kwargs, output_dir=self.args.output_dir, hub_model_id=self.args.hub_model_id)
+    def fake_push(self, **kwargs):  # the real upload: tests/test_hub_server.py, against the local hub server
+        pushed.update(self.model_card_defaults, **kwargs, hub_model_id=self.args.hub_model_id)
 
     monkeypatch.setattr(Trainer, "push_to_hub", fake_push)
     monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, token=None: None)
     run_cli(tmp_path, "--model_name_or_path", "rgbd_cnn:small", *TINY_DATA, *FAST, "--push_to_hub", "True",
             "--hub_model_id", "me/cnn", "--save_strategy", "no", "--load_best_model_at_end", "False")
     assert pushed["hub_model_id"] == "me/cnn" and pushed["tasks"] == "image-classification"
-    assert pushed["dataset"] == "synthetic"
+    assert pushed["dataset"] == "synthetic" and pushed["model_name"] == "cnn"  # the card is named as the repo
 
 
 # ------------------------------------------------------------------------------------------------ rooms

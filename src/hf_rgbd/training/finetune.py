@@ -425,6 +425,18 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
         data_collator=RgbdDataCollator(),
         processing_class=processor,
         compute_metrics=compute_metrics,
+        model_card={
+            # the card is named as the hub repo when pushing, else as the output folder
+            "model_name": (
+                training_args.hub_model_id.rsplit("/", 1)[-1]
+                if training_args.push_to_hub and training_args.hub_model_id
+                else os.path.basename(os.path.normpath(training_args.output_dir))
+            ),
+            "tasks": "image-classification",
+            "dataset": data_args.dataset,
+            "tags": ["rgbd", "hf-rgbd", model.config.model_type],
+        },
+        trained_from_scratch=new_model_preset(model_args.model_name_or_path) is not None,
     )
     results: dict[str, float] = {}
     if training_args.do_train:
@@ -450,24 +462,10 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     trainer.log({key: value for key, value in final.items() if key.startswith("eval_")})
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
-    card = {
-        "model_name": os.path.basename(os.path.normpath(training_args.output_dir)),
-        "tasks": "image-classification",
-        "dataset": data_args.dataset,
-        "tags": ["rgbd", "hf-rgbd", model.config.model_type],
-    }
-    # the card infers "fine-tuned from" from the config's `_name_or_path` unless it is a folder: a new preset model
-    # has none, and its card should say "trained from scratch"
-    name_or_path = model.config._name_or_path
-    if new_model_preset(model_args.model_name_or_path) is not None:
-        model.config._name_or_path = training_args.output_dir
-    try:
-        if training_args.push_to_hub:
-            trainer.push_to_hub(**card)
-        else:
-            trainer.create_model_card(**card)
-    finally:
-        model.config._name_or_path = name_or_path
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    else:
+        trainer.create_model_card()
     return results
 
 
