@@ -3,7 +3,7 @@
 Importing the package registers its configurations, processors and models with the transformers Auto classes.
 """
 
-from .attacks import APGD, BIM, FGSM, MIFGSM, PGD, PGDL2, RFGSM, RgbdAttack
+from .attacks import APGD, BIM, FAB, FGSM, MIFGSM, PGD, PGDL2, RFGSM, AutoAttack, RgbdAttack, Square
 from .evaluation import evaluate_robustness
 from .modeling import (
     RgbdAlbefConfig,
@@ -41,7 +41,9 @@ register_auto_classes()
 
 __all__ = [
     "APGD",
+    "AutoAttack",
     "BIM",
+    "FAB",
     "FGSM",
     "MIFGSM",
     "PGD",
@@ -49,6 +51,7 @@ __all__ = [
     "RFGSM",
     "AdversarialTrainer",
     "RgbdAttack",
+    "Square",
     "evaluate_robustness",
     "RgbdAlbefConfig",
     "RgbdVlmoConfig",

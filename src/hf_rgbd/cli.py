@@ -296,11 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Trainer fine-tuning of a classifier on synthetic / NYU Depth v2 / SUN RGB-D / folder data "
         "(`hf-rgbd finetune --help` lists its arguments)",
     )
+    commands.add_parser(
+        "evaluate",
+        add_help=False,
+        help="robustness of a saved classifier on any loader's data with AutoAttack or any attack "
+        "(`hf-rgbd evaluate --help` lists its arguments)",
+    )
     return parser
 
 
 # commands whose arguments another parser owns: name -> (module, entry point taking the remaining argv)
-DELEGATED_COMMANDS = {"finetune": ("hf_rgbd.training.finetune", "finetune_main")}
+DELEGATED_COMMANDS = {
+    "finetune": ("hf_rgbd.training.finetune", "finetune_main"),
+    "evaluate": ("hf_rgbd.evaluation.evaluate_cli", "evaluate_main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

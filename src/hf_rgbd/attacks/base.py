@@ -68,6 +68,29 @@ def model_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, 
     }
 
 
+def check_attack_batch(inputs: Any, budget: Mapping[str, float]) -> None:
+    """ValueError unless `inputs` is a batch (a Mapping) holding every input `budget` names."""
+    if not isinstance(inputs, Mapping):
+        raise ValueError(f"`inputs` must be a BatchFeature or a dict of tensors, got {type(inputs).__name__}.")
+    missing = [name for name in budget if inputs.get(name) is None]
+    if missing:
+        raise ValueError(f"`budget` names {missing}, but the batch has no such input (it has {sorted(inputs)}).")
+
+
+def clean_logits(model: torch.nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
+    """The model's logits on a batch, in eval mode without gradients (every module's mode restored after)."""
+    device = model_device(model)
+    batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(**model_inputs(model, batch)).logits
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _check_budget_dict(values: Any, name: str, allowed: tuple[str, ...]) -> dict[str, float]:
     if not isinstance(values, Mapping) or not values:
         raise ValueError(
@@ -234,11 +257,7 @@ class RgbdAttack:
             [`AttackResult`] with the adversarial batch (`inputs`), the final iterate (`final_inputs`) and the
             per-sample success flags (B,).
         """
-        if not isinstance(inputs, Mapping):
-            raise ValueError(f"`inputs` must be a BatchFeature or a dict of tensors, got {type(inputs).__name__}.")
-        missing = [name for name in self.budget if inputs.get(name) is None]
-        if missing:
-            raise ValueError(f"`budget` names {missing}, but the batch has no such input (it has {sorted(inputs)}).")
+        check_attack_batch(inputs, self.budget)
         if labels is None:
             labels = inputs.get("labels")
         modes = [(module, module.training) for module in self.model.modules()]
@@ -346,17 +365,9 @@ class AttackRun:
             the per-sample objective (B,) (the loss, negated for targeted attacks: always ascended) and its gradient
             with respect to each perturbed input's physical values, (B, C, H, W) each.
         """
-        targeted = self.attack.targeted
-        objective = self.attack.objective
         leaves = {name: value.detach().requires_grad_(True) for name, value in x.items()}
         outputs = self.attack.model(**self._model_batch(leaves), **self.model_kwargs)
-        if not self._outputs_checked:  # once per perturb call: the output fields and the labels' class range
-            objective.check_outputs(outputs, self._given_labels, self.attack.model)
-            self._outputs_checked = True
-        loss = objective.loss(outputs, self.labels, targeted)
-        value = torch.where(
-            self.ignored, torch.zeros((), dtype=loss.dtype, device=loss.device), -loss if targeted else loss
-        )
+        value, success = self._objective(outputs)
         grads = torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
         grads = {
             name: torch.zeros_like(leaf) if grad is None else grad
@@ -364,8 +375,65 @@ class AttackRun:
         }
         value = value.detach()
         with torch.no_grad():
-            self.tracker.record(x, value, objective.success(outputs, self.labels, targeted) & ~self.ignored)
+            self.tracker.record(x, value, success)
         return value, grads
+
+    def _objective(self, outputs: Any, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective (the loss, negated for targeted attacks, 0 for ignored samples) and the success flags of
+        one forward's `outputs`, of the samples `rows` (1-D long; default: all); checks the outputs once per call."""
+        targeted = self.attack.targeted
+        objective = self.attack.objective
+        labels, ignored = (self.labels, self.ignored) if rows is None else (self.labels[rows], self.ignored[rows])
+        if not self._outputs_checked:  # once per perturb call: the output fields and the labels' class range
+            objective.check_outputs(outputs, self._given_labels, self.attack.model)
+            self._outputs_checked = True
+        loss = objective.loss(outputs, labels, targeted)
+        value = torch.where(
+            ignored, torch.zeros((), dtype=loss.dtype, device=loss.device), -loss if targeted else loss
+        )
+        with torch.no_grad():
+            return value, objective.success(outputs, labels, targeted) & ~ignored
+
+    def score(self, x: Iterate, index: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward at `x` (physical values) under `torch.no_grad()`, no gradient (score-based attacks): the
+        per-sample objective (B,) as `evaluate` returns it, with successes and best iterates recorded in the tracker
+        the same way.
+
+        `index` (1-D long, optional): forward only these samples (their rows of every batch-sized model input) and
+        record only them; the others' objective is -inf. The whole batch is forwarded instead at the first forward
+        of a `perturb` call (it checks the outputs against every label) and when samples are not scored on their
+        own (an objective other than a [`ClassificationObjective`], e.g. retrieval, or coupled samples).
+        """
+        from .objectives import ClassificationObjective, TargetedDlrObjective
+
+        size = self.space.batch_size
+        objective = self.attack.objective
+        # per-sample targets are aligned with the whole batch: such objectives score whole batches
+        independent = (
+            isinstance(objective, ClassificationObjective)
+            and not isinstance(objective, TargetedDlrObjective)
+            and not self.tracker.coupled
+        )
+        rows = index.to(self.device) if index is not None and independent and self._outputs_checked else None
+        with torch.no_grad():
+            value = torch.full((size,), -torch.inf, device=self.device)
+            success = torch.zeros(size, dtype=torch.bool, device=self.device)
+            if rows is not None and rows.numel() == 0:
+                return value
+            batch = self._model_batch(x)
+            if rows is not None:
+                batch = {
+                    key: item[rows] if isinstance(item, torch.Tensor) and item.ndim and item.shape[0] == size else item
+                    for key, item in batch.items()
+                }
+            outputs = self.attack.model(**batch, **self.model_kwargs)
+            part, hits = self._objective(outputs, rows)
+            if rows is None:
+                value, success = part, hits
+            else:
+                value, success = value.to(part.dtype).index_copy(0, rows, part), success.index_copy(0, rows, hits)
+            self.tracker.record(x, value, success)
+        return value
 
     def unperturb_ignored(self, x: Iterate) -> Iterate:
         """`x` with the ignored samples (label -100) back at their clean values."""
@@ -400,6 +468,8 @@ class AttackRun:
 __all__ = [
     "AttackSettings",
     "DEFAULT_BUDGET",
+    "check_attack_batch",
+    "clean_logits",
     "PERTURBABLE_INPUTS",
     "AttackResult",
     "AttackRun",

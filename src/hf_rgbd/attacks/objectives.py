@@ -65,6 +65,18 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False)
     return margin / (sorted_logits[:, 0] - sorted_logits[:, 2] + 1e-12)
 
 
+def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The paper's targeted DLR, as APGD-T runs it (Croce & Hein, 2020), per sample: `labels` are the TRUE classes
+    y and `targets` the target classes t, both (B,); `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`,
+    ascended (it grows as z_t overtakes z_y); needs K >= 4. `logits` (B, K) -> (B,)."""
+    check_dlr_classes(logits.shape[1], targeted=True)
+    sorted_logits = logits.sort(dim=1, descending=True).values
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    scale = sorted_logits[:, 0] - 0.5 * (sorted_logits[:, 2] + sorted_logits[:, 3]) + 1e-12
+    return -(true_logit - target_logit) / scale
+
+
 def _output_field(outputs: Any, key: str, model: torch.nn.Module | None = None) -> torch.Tensor:
     """`outputs.<key>` of a ModelOutput / dict, or the first element of a tuple; ValueError naming the field (and
     the model class when given) when the outputs do not hold it."""
@@ -173,6 +185,25 @@ class ClassificationObjective(AttackObjective):
     def success(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
         prediction = self.logits(outputs).argmax(dim=1)
         return prediction == labels if targeted else prediction != labels
+
+
+class TargetedDlrObjective(ClassificationObjective):
+    """The objective of one APGD-T run (AutoAttack's targeted APGD-DLR): `labels` are the true classes, `targets`
+    (B,) the class each sample is pushed towards ([`targeted_dlr_loss`], ascended by an untargeted attack);
+    success is misclassification (prediction != true class), as AutoAttack counts it."""
+
+    def __init__(self, targets: torch.Tensor, logits_key: str = "logits") -> None:
+        super().__init__("dlr", logits_key)
+        self.loss_name = "dlr-targeted"
+        self.targets = targets
+
+    def check_model(self, model: torch.nn.Module, targeted: bool) -> None:
+        if targeted:
+            raise ValueError("TargetedDlrObjective takes the true classes as labels: use it with `targeted=False`.")
+        super().check_model(model, targeted=True)
+
+    def loss(self, outputs: Any, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+        return targeted_dlr_loss(self.logits(outputs), labels, self.targets.to(labels.device))
 
 
 class RetrievalObjective(AttackObjective):
@@ -301,8 +332,10 @@ __all__ = [
     "ClassificationObjective",
     "MatchingObjective",
     "RetrievalObjective",
+    "TargetedDlrObjective",
     "cross_entropy_loss",
     "dlr_loss",
     "make_objective",
     "margin_loss",
+    "targeted_dlr_loss",
 ]

@@ -186,8 +186,9 @@ class PerturbationSpace:
             candidate[name] = m.original + (2 * m.draw(torch.rand, generator) - 1) * m.eps
         return self.project_linf(candidate)
 
-    def random_l2(self, generator: torch.Generator) -> Iterate:
-        """A random point of the L2 budget ball: Gaussian direction, radius uniform in [0, budget]."""
+    def random_l2(self, generator: torch.Generator, on_sphere: bool = False) -> Iterate:
+        """A random point of the L2 budget ball: Gaussian direction, radius uniform in [0, budget] (the budget
+        itself with `on_sphere`, APGD's start); projected like `project_l2`."""
         candidate = {}
         for name, m in self.modalities.items():
             direction = m.draw(torch.randn, generator)
@@ -196,6 +197,8 @@ class PerturbationSpace:
             radius = torch.rand(
                 m.original.shape[0], generator=generator, device=m.original.device, dtype=m.original.dtype
             )
+            if on_sphere:
+                radius = torch.ones_like(radius)
             norm = direction.flatten(1).norm(dim=1) + 1e-12
             candidate[name] = m.original + direction * (radius * m.eps / norm).view(-1, 1, 1, 1)
         return self.project_l2(candidate)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.image_processing_utils import BatchFeature
 
-from ..attacks import AttackResult, RgbdAttack
+from ..attacks import AttackResult, AutoAttack, RgbdAttack
 from ..attacks.base import model_device, model_inputs
 from ..data.splits import split_to_tensors
 from ..processors.validation_rgbd import check_int
@@ -53,7 +53,7 @@ def evaluate_robustness(
     model: torch.nn.Module,
     processor: Any,
     dataset: Any,
-    attacks: Mapping[str, RgbdAttack],
+    attacks: Mapping[str, RgbdAttack] | None = None,
     batch_size: int = 64,
     output_dir: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -64,7 +64,9 @@ def evaluate_robustness(
         processor ([`RgbdProcessor`]): turns the split's `image`, `depth` (metres) and `intrinsics` into model
             inputs. Attacks should be built with the same processor (budgets in physical units).
         dataset: a split as `make_synthetic_rgbd` returns it (`image`, `depth`, `label`, optionally `intrinsics`).
-        attacks (`dict[str, RgbdAttack]`): name -> untargeted attack on `model`.
+        attacks (`dict[str, RgbdAttack]`, *optional*): name -> untargeted attack on `model`, [`AutoAttack`]
+            included. Default: `{"autoattack": AutoAttack(model, processor=processor)}` (the standard L-inf ensemble,
+            8/255 on RGB and 0.05 m on depth, both at once).
         batch_size (`int`, defaults to 64): samples per batch.
         output_dir (`str`, *optional*): where to write `robustness.json`, accuracy-versus-budget curves
             (`accuracy_vs_budget_{rgb,depth,joint}.png`, one per kind of attack present: RGB-only, depth-only, joint;
@@ -77,10 +79,13 @@ def evaluate_robustness(
         `dict` with `num_samples`, `num_ignored` (samples labelled -100: left unperturbed and out of every rate),
         `clean_accuracy` (over the other samples) and `attacks`: per name, `robust_accuracy` (fraction of the
         counted samples classified correctly after the attack), `success_rate` (fraction of the clean-correct
-        samples the attack misclassifies), `budget`, and `perturbation` per attacked input in physical units (RGB intensity,
+        samples the attack misclassifies), `budget`, for an `AutoAttack` `robust_accuracy_after` (the robust accuracy
+        after each of its attacks, in order), and `perturbation` per attacked input in physical units (RGB intensity,
         depth metres): `mean_linf`, `max_linf`, `mean_l2`, `max_l2` over the counted samples. With `output_dir`, also
         `figures` (paths) and `examples_path`.
     """
+    if attacks is None:
+        attacks = {"autoattack": AutoAttack(model, processor=processor)}
     if not isinstance(attacks, Mapping) or not attacks:
         raise ValueError("`attacks` must be a non-empty dict name -> attack.")
     for name, attack in attacks.items():
@@ -125,6 +130,7 @@ def evaluate_robustness(
         progress = tqdm(total=len(attacks) * len(batches), desc="robustness", unit="batch")
         for name, attack in attacks.items():
             correct, norms, columns = [], {}, {}
+            after: dict[str, float] = {}  # AutoAttack: robust samples after each of its attacks, summed over batches
             offset = 0
             for batch, labels in batches:
                 batch = batch.to(device)
@@ -132,6 +138,8 @@ def evaluate_robustness(
                 with torch.no_grad():
                     prediction = model(**model_inputs(model, result.inputs)).logits.argmax(dim=1).cpu()
                 correct.append(prediction == labels)
+                for key, accuracy in getattr(result, "robust_accuracy_after", {}).items():
+                    after[key] = after.get(key, 0.0) + accuracy * max(int((labels != -100).sum()), 1)
                 for key in result.linf:
                     norms.setdefault(key, {"linf": [], "l2": []})
                     norms[key]["linf"].append(result.linf[key].cpu())
@@ -158,6 +166,8 @@ def evaluate_robustness(
                 "success_rate": _fraction(fooled, int(clean_correct.sum())),
                 "perturbation": {},
             }
+            if after:
+                entry["robust_accuracy_after"] = {key: _fraction(round(total), num_counted) for key, total in after.items()}
             for key, values in norms.items():
                 linf, l2 = torch.cat(values["linf"])[counted], torch.cat(values["l2"])[counted]
                 entry["perturbation"][key] = {
