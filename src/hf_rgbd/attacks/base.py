@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from typing import Any, TypedDict
 
 import torch
-from transformers.image_processing_utils import BatchFeature
 
 from ..processors.depth_processing_rgbd import depth_token_ids
 from ..processors.validation_rgbd import check_finite_values, check_flag, check_int, check_real, check_seed
 from .objectives import AttackObjective, LossFunction, make_objective
 from .perturbation_space import Iterate, PerturbationSpace, check_processor
+from .subsets import rebuild_batch
 from .tracking import AttackResult, IterateTracker, perturbation_norms
 
 
@@ -455,14 +455,7 @@ class AttackRun:
                     data[key] = self._tokens(x["depth_values"])
                 else:
                     data[key] = value
-        if isinstance(self.inputs, BatchFeature):
-            return BatchFeature(data)
-        if type(self.inputs) is dict:
-            return data
-        try:
-            return type(self.inputs)(data)
-        except TypeError:
-            return data
+        return rebuild_batch(self.inputs, data)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ def batch_size_of(inputs: Mapping[str, Any]) -> int:
     raise ValueError("the batch has neither `pixel_values` nor `depth_values`.")
 
 
-def _rebuild(inputs: Mapping[str, Any], data: dict[str, Any]) -> Any:
+def rebuild_batch(inputs: Mapping[str, Any], data: dict[str, Any]) -> Any:
     """`data` in the container type of `inputs` (BatchFeature, dict or another Mapping type)."""
     if isinstance(inputs, BatchFeature):
         return BatchFeature(data)
@@ -41,7 +41,7 @@ def select_samples(inputs: Mapping[str, Any], index: torch.Tensor) -> Any:
             data[key] = value[index.to(value.device)]
         else:
             data[key] = value
-    return _rebuild(inputs, data)
+    return rebuild_batch(inputs, data)
 
 
 def _put_rows(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -55,8 +55,8 @@ def unattacked_result(inputs: Mapping[str, Any], perturbed: list[str], device: t
     size = batch_size_of(inputs)
     zeros = {name: torch.zeros(size, device=device) for name in perturbed}
     return AttackResult(
-        inputs=_rebuild(inputs, dict(inputs)),
-        final_inputs=_rebuild(inputs, dict(inputs)),
+        inputs=rebuild_batch(inputs, dict(inputs)),
+        final_inputs=rebuild_batch(inputs, dict(inputs)),
         success=torch.zeros(size, dtype=torch.bool, device=device),
         linf=dict(zeros),
         l2={name: value.clone() for name, value in zeros.items()},
@@ -76,7 +76,7 @@ def merge_result(total: AttackResult, part: AttackResult, index: torch.Tensor, t
             if isinstance(value, torch.Tensor) and isinstance(data.get(key), torch.Tensor) and value.ndim:
                 if value.shape[0] == index.numel():
                     data[key] = _put_rows(data[key], rows, value[chosen.to(value.device)])
-        return _rebuild(whole, data)
+        return rebuild_batch(whole, data)
 
     linf = dict(total.linf)
     l2 = dict(total.l2)
@@ -97,4 +97,4 @@ def merge_result(total: AttackResult, part: AttackResult, index: torch.Tensor, t
     )
 
 
-__all__ = ["batch_size_of", "merge_result", "select_samples", "unattacked_result"]
+__all__ = ["batch_size_of", "merge_result", "rebuild_batch", "select_samples", "unattacked_result"]
