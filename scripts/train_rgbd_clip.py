@@ -34,6 +34,9 @@ from hf_rgbd import RgbdClipConfig, RgbdClipForImageClassification, RgbdClipMode
 from hf_rgbd.data import RgbdAugment, make_synthetic_rgbd
 from hf_rgbd.evaluation import retrieval_metrics
 from hf_rgbd.training import classification_accuracy, train_classifier
+from hf_rgbd.training.pretrain import (
+    pretraining_optimizer as contrastive_optimizer,  # the `hf-rgbd pretrain` optimizer
+)
 
 BUDGET_SECONDS = 600.0
 
@@ -106,30 +109,6 @@ class Batcher:
     def whole_split(self, split: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The un-augmented model inputs of every row of `split`."""
         return self(split, torch.arange(split["label"].shape[0]), train=False)
-
-
-def contrastive_optimizer(
-    model: RgbdClipModel, lr: float, weight_decay: float, logit_scale_lr_factor: float
-) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms, biases, embeddings and the temperature, whose learning rate is
-    `logit_scale_lr_factor` times larger (it has to travel from 1/0.07 to ~1/70 within the run)."""
-    decay, no_decay, temperature = [], [], []
-    for name, param in model.named_parameters():
-        if name.endswith("logit_scale"):
-            temperature.append(param)
-        elif param.ndim < 2 or "embedding" in name or "cls_token" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay, "lr": lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-            {"params": temperature, "weight_decay": 0.0, "lr": lr * logit_scale_lr_factor},
-        ],
-        lr=lr,
-        fused=True,  # one kernel per step instead of a loop over the parameters (about 10% of a CPU step here)
-    )
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):

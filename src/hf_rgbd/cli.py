@@ -291,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     attack_parser.set_defaults(handler=attack)
     # parsed by HfArgumentParser in `main` (TrainingArguments plus the model and data arguments): listed for --help
     commands.add_parser(
+        "pretrain",
+        add_help=False,
+        help="pretraining of the dual encoder / fusion encoder / experts model on accelerate, one CPU to many GPUs "
+        "(`hf-rgbd pretrain --help` lists its arguments)",
+    )
+    commands.add_parser(
         "finetune",
         add_help=False,
         help="Trainer fine-tuning of a classifier on synthetic / NYU Depth v2 / SUN RGB-D / folder data "
@@ -307,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # commands whose arguments another parser owns: name -> (module, entry point taking the remaining argv)
 DELEGATED_COMMANDS = {
+    "pretrain": ("hf_rgbd.training.pretrain", "pretrain_main"),
     "finetune": ("hf_rgbd.training.finetune", "finetune_main"),
     "evaluate": ("hf_rgbd.evaluation.evaluate_cli", "evaluate_main"),
 }

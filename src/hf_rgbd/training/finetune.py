@@ -392,12 +392,24 @@ def _fixed_output_size(processor) -> tuple[int, int]:
     return int(size["height"]), int(size["width"])
 
 
+def training_augment(processor, data_args: DataArguments, seed: int):
+    """The aligned training augmentation `data_args` asks for (crops, flips, colour jitter) at the processor's
+    output size, drawing from a generator seeded with `seed`."""
+    from ..data import RgbdAugment
+
+    jitter = data_args.colour_jitter
+    return RgbdAugment(
+        output_size=_fixed_output_size(processor), crop_scale=(data_args.crop_scale, 1.0), p_flip=0.5,
+        brightness=jitter, contrast=jitter, saturation=jitter, generator=seed,
+    )  # fmt: skip
+
+
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict[str, float]:
     """Fine-tune, evaluate with each modality and with one missing, save model, processor, metrics and model card.
     Returns every final metric (as `all_results.json` holds them)."""
     from transformers import set_seed
 
-    from ..data import RgbdAugment, RgbdDataCollator, RgbdTransform
+    from ..data import RgbdDataCollator, RgbdTransform
     from .rgbd_trainer import RgbdTrainer
 
     if training_args.remove_unused_columns:
@@ -410,11 +422,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     model, processor = build_model(model_args, label_names)
     if processor is None:
         processor = default_processor(model.config, data["train"], data_args.image_size)
-    augment = RgbdAugment(
-        output_size=_fixed_output_size(processor), crop_scale=(data_args.crop_scale, 1.0), p_flip=0.5,
-        brightness=data_args.colour_jitter, contrast=data_args.colour_jitter, saturation=data_args.colour_jitter,
-        generator=training_args.seed,
-    )
+    augment = training_augment(processor, data_args, training_args.seed)
     train = data["train"].with_transform(RgbdTransform(processor, augment=augment))
     evaluation = {split: data[split].with_transform(RgbdTransform(processor)) for split in ("validation", "test") if split in data}
     trainer = RgbdTrainer(
