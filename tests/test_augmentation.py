@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hf_rgbd.data import RgbdAugment, make_synthetic_rgbd
 
@@ -285,3 +287,31 @@ def test_accepts_numpy_and_list_inputs():
         out["image"], torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0
     )
     torch.testing.assert_close(out["depth"], torch.tensor(depths))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 2**62), min_size=2, max_size=5, unique=True),
+    position=st.integers(0, 4),
+)
+def test_per_sample_seeds_make_a_sample_independent_of_its_batch(seeds, position):
+    """With `seeds`, a sample's crop, flip, jitter, noise, holes and dropout depend on its own seed only."""
+    position = position % len(seeds)
+    generator = torch.Generator().manual_seed(len(seeds))
+    image = torch.rand(len(seeds), 3, 24, 32, generator=generator)
+    depth = 0.5 + 4 * torch.rand(len(seeds), 1, 24, 32, generator=generator)
+    intrinsics = torch.tensor([[30.0, 0, 16], [0, 30, 12], [0, 0, 1]])
+    augment = RgbdAugment(
+        output_size=16, depth_noise=0.01, p_extra_holes=0.5, p_drop_rgb=0.2, p_drop_depth=0.2, hue=0.1, generator=0
+    )
+    batch = augment({"image": image, "depth": depth, "intrinsics": intrinsics}, seeds=seeds)
+    alone = augment(
+        {"image": image[position : position + 1], "depth": depth[position : position + 1], "intrinsics": intrinsics},
+        seeds=seeds[position : position + 1],
+    )
+    for key in ("image", "depth", "intrinsics"):
+        torch.testing.assert_close(batch[key][position], alone[key][0], rtol=0, atol=1e-6)
+    # the instance's own generator was not used
+    assert torch.equal(augment.generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    with pytest.raises(ValueError, match="one seed per sample"):
+        augment({"image": image, "depth": depth}, seeds=seeds[:1])

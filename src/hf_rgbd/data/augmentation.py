@@ -68,7 +68,9 @@ class RgbdAugment:
         generator: ``torch.Generator`` (CPU), an int seed, or ``None`` for a fresh non-deterministic seed.
             The global random state is never used.
 
-    Calling the object on a batch dict returns a new dict with the same keys; keys other than ``image``,
+    Calling the object on a batch dict returns a new dict with the same keys (``augment(batch, seeds=[...])``
+    with one int per sample draws each sample's parameters from its own generator seeded so, instead of from
+    ``generator``: a sample's augmentation then depends on its seed only, not on the batch it came in); keys other than ``image``,
     ``depth``, ``depth_mask`` and ``intrinsics`` are passed through unchanged. Two batch layouts are accepted:
 
     * tensors: ``image`` (B, 3, H, W) float in [0, 1] or uint8, ``depth`` (B, 1, H, W) or (B, H, W) metres with
@@ -150,9 +152,11 @@ class RgbdAugment:
             raise ValueError(
                 f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}"
             )
+        self._sample_generators: list[torch.Generator] | None = None  # set during a call with `seeds`
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "generator")
+        hidden = ("generator", "_sample_generators")
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in hidden)
         return f"{type(self).__name__}({fields})"
 
     # ------------------------------------------------------------------------------------------------------------
@@ -194,7 +198,14 @@ class RgbdAugment:
     # random parameters
 
     def _rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator)
+        if self._sample_generators is None:
+            return torch.rand(shape, generator=self.generator)
+        return torch.stack([torch.rand(shape[1:], generator=g) for g in self._sample_generators])
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        if self._sample_generators is None:
+            return torch.randn(shape, generator=self.generator)
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in self._sample_generators])
 
     def _crop_boxes(self, n: int, h: int, w: int) -> torch.Tensor:
         """(n, 4) crop boxes ``x0, y0, width, height`` in pixels (continuous, inside the image)."""
@@ -213,10 +224,20 @@ class RgbdAugment:
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Augment one batch (see the class docstring for the accepted layouts). Returns a new dict."""
+    def __call__(self, batch: Mapping[str, Any], seeds: Sequence[int] | None = None) -> dict[str, Any]:
+        """Augment one batch (see the class docstring for the accepted layouts); `seeds`: optional, one int per
+        sample, each sample's own random stream. Returns a new dict."""
         if not isinstance(batch, Mapping) or "image" not in batch or "depth" not in batch:
             raise ValueError("batch must be a mapping with at least 'image' and 'depth' entries")
+        if seeds is None:
+            return self._augment(batch)
+        self._sample_generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        try:
+            return self._augment(batch)
+        finally:
+            self._sample_generators = None
+
+    def _augment(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(batch)
         rgb = self._image_tensor(batch["image"])
         depth = self._as_float_tensor("depth", batch["depth"])
@@ -224,6 +245,8 @@ class RgbdAugment:
         if depth.ndim == 3:
             depth = depth[:, None]
         n, _, h, w = rgb.shape
+        if self._sample_generators is not None and len(self._sample_generators) != n:
+            raise ValueError(f"seeds must hold one seed per sample ({n}), got {len(self._sample_generators)}")
         if depth.shape != (n, 1, h, w):
             raise ValueError(
                 f"depth must have shape (B, 1, H, W) or (B, H, W) matching image {(n, 3, h, w)}, got {_shape_of(batch['depth'])}"
@@ -289,7 +312,7 @@ class RgbdAugment:
 
         # ---- depth sensor effects
         if self.depth_noise > 0:
-            noise = torch.randn(depth.shape, generator=self.generator).to(device)
+            noise = self._randn(*depth.shape).to(device)
             depth = depth + noise * self.depth_noise * depth * depth
             valid = valid & (depth > 0)
             depth = torch.where(valid, depth, 0.0)

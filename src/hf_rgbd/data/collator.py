@@ -76,9 +76,13 @@ class _RgbdBatchProcessor:
         generator.manual_seed(info.seed % (2**63))
         self._seeded_for = info.seed
 
-    def _augment(self, images: list, depths: list, intrinsics: list | None) -> tuple[list, list, list | None]:
-        """Augment samples grouped by size (one augmentation call per size). Returns per-sample tensors."""
-        self._reseed_augment_in_worker()
+    def _augment(
+        self, images: list, depths: list, intrinsics: list | None, seeds: Sequence[int] | None = None
+    ) -> tuple[list, list, list | None]:
+        """Augment samples grouped by size (one augmentation call per size; with `seeds`, one per sample, each
+        sample draws from its own stream). Returns per-sample tensors."""
+        if seeds is None:
+            self._reseed_augment_in_worker()
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(_image_size(image), []).append(index)
@@ -91,14 +95,14 @@ class _RgbdBatchProcessor:
             }
             if intrinsics is not None:
                 batch["intrinsics"] = [np.asarray(intrinsics[i], dtype=np.float32) for i in members]
-            augmented = self.augment(batch)
+            augmented = self.augment(batch) if seeds is None else self.augment(batch, seeds=[seeds[i] for i in members])
             for j, i in enumerate(members):
                 out_images[i], out_depths[i] = augmented["image"][j], augmented["depth"][j]
                 if out_k is not None:
                     out_k[i] = augmented["intrinsics"][j]
         return out_images, out_depths, out_k
 
-    def _process(self, columns: Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
+    def _process(self, columns: Mapping[str, Sequence[Any]], seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """Columns (lists of samples) -> ``pixel_values`` (B, 3, H, W), ``depth_values`` (B, C, H, W),
         ``depth_mask`` (B, 1, H, W) bool, ``labels`` (B,) long (when the label column is there)."""
         if self.processor is None:
@@ -112,7 +116,7 @@ class _RgbdBatchProcessor:
         if self.intrinsics_column is not None and columns.get(self.intrinsics_column) is not None:
             intrinsics = [np.asarray(k, dtype=np.float32) for k in columns[self.intrinsics_column]]
         if self.augment is not None:
-            images, depths, intrinsics = self._augment(images, depths, intrinsics)
+            images, depths, intrinsics = self._augment(images, depths, intrinsics, seeds)
         batch = self.processor(
             images=images,
             depths=depths,
@@ -151,8 +155,12 @@ class RgbdTransform(_RgbdBatchProcessor):
             raise ValueError("RgbdTransform needs a `processor` (an RgbdProcessor).")
         super().__init__(processor, augment, **kwargs)
 
-    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
-        return self._process(batch)
+    def __call__(self, batch: Mapping[str, Sequence[Any]], seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Process a batch of rows; `seeds` (one int per row) give each row its own augmentation stream (the
+        augmentation must take `seeds`, as [`RgbdAugment`] does)."""
+        if seeds is not None and len(seeds) != len(batch[self.image_column]):
+            raise ValueError(f"`seeds` must hold one seed per row ({len(batch[self.image_column])}), got {len(seeds)}.")
+        return self._process(batch, seeds)
 
 
 class RgbdDataCollator(_RgbdBatchProcessor):

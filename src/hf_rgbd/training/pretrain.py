@@ -125,9 +125,10 @@ class PretrainingArguments:
 
 # ---------------------------------------------------------------------------------------------------- data
 class PretrainingRows(torch.utils.data.Dataset):
-    """Rows of a `datasets` split as pretraining inputs, each augmented with a generator seeded by
+    """Rows of a `datasets` split as pretraining inputs, each augmented from its own generator seeded by
     (seed, epoch, row): the same sample gets the same crop, flip and jitter whichever process or worker reads
-    it and whether or not the run was resumed. `set_epoch` (called by accelerate's data loader) moves on.
+    it, in whatever batch, and whether or not the run was resumed. `set_epoch` moves on. A `DataLoader` fetches
+    whole batches (`__getitems__`: one Arrow read and one processor call per batch).
 
     Items: `pixel_values` (3, H, W), `depth_values` (C, H, W), `depth_mask` (1, H, W) and, with
     `depth_vocab` = (vocab size, patch size, min depth, max depth), `depth_token_ids` (N,) for MDM.
@@ -138,12 +139,11 @@ class PretrainingRows(torch.utils.data.Dataset):
 
         self.rows = rows
         self.processor = processor
-        self.augment = augment
         self.seed = int(seed)
         self.depth_vocab = depth_vocab
         self.epoch = 0
-        self._transform = RgbdTransform(processor, augment=self._seeded_augment if augment is not None else None)
-        self._row_index = 0
+        self._transform = RgbdTransform(processor, augment=augment)
+        self._augmented = augment is not None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -151,25 +151,29 @@ class PretrainingRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _seeded_augment(self, batch: dict[str, Any]) -> dict[str, Any]:
-        state = np.random.SeedSequence([self.seed, self.epoch, self._row_index]).generate_state(2, dtype=np.uint32)
-        self.augment.generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-        return self.augment(batch)
+    def sample_seed(self, index: int) -> int:
+        """The augmentation seed of row `index` in the current epoch."""
+        state = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(2, dtype=np.uint32)
+        return (int(state[0]) << 31) ^ int(state[1])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         from ..processors import depth_token_ids
 
-        row = self.rows[int(index)]
-        self._row_index = int(index)
-        columns = {key: [row[key]] for key in ("image", "depth", "intrinsics") if row.get(key) is not None}
-        processed = self._transform(columns)
-        item = {key: processed[key][0] for key in ("pixel_values", "depth_values", "depth_mask")}
+        indices = [int(index) for index in indices]
+        rows = self.rows[indices]
+        columns = {key: rows[key] for key in ("image", "depth", "intrinsics") if key in rows}
+        seeds = [self.sample_seed(index) for index in indices] if self._augmented else None
+        batch = self._transform(columns, seeds=seeds)
+        items = {key: batch[key] for key in ("pixel_values", "depth_values", "depth_mask")}
         if self.depth_vocab is not None:
             vocab_size, patch_size, min_depth, max_depth = self.depth_vocab
-            mask = processed["depth_mask"]
-            metres = self.processor.depth_image_processor.to_metres(processed["depth_values"], mask)
-            item["depth_token_ids"] = depth_token_ids(metres, mask, vocab_size, patch_size, min_depth, max_depth)[0]
-        return item
+            mask = batch["depth_mask"]
+            metres = self.processor.depth_image_processor.to_metres(batch["depth_values"], mask)
+            items["depth_token_ids"] = depth_token_ids(metres, mask, vocab_size, patch_size, min_depth, max_depth)
+        return [{key: value[row] for key, value in items.items()} for row in range(len(indices))]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
 
 
 def pretraining_depth_vocab(config) -> tuple | None:
