@@ -137,7 +137,8 @@ class PretrainingRows(torch.utils.data.Dataset):
     def __init__(self, rows, processor, augment=None, seed: int = 0, depth_vocab: tuple | None = None) -> None:
         from ..data import RgbdTransform
 
-        self.rows = rows
+        # numpy rows: the depth maps come out of Arrow as arrays, not as nested Python lists (twice as fast)
+        self.rows = rows.with_format("numpy")
         self.processor = processor
         self.seed = int(seed)
         self.depth_vocab = depth_vocab
