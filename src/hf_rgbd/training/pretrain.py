@@ -530,6 +530,11 @@ def run_pretraining(
             if completed_steps % args.logging_steps == 0 or completed_steps == max_steps:
                 means = {name: float(np.mean(values)) for name, values in window.items()}
                 progress.set_postfix({name.removeprefix("loss_"): f"{value:.3f}" for name, value in means.items()})
+                if progress.disable and accelerator.is_main_process:  # no bar: a log line instead
+                    logger.info(
+                        f"step {completed_steps}/{max_steps} (epoch {epoch + 1}/{epochs}): "
+                        + ", ".join(f"{name} {value:.4f}" for name, value in means.items())
+                    )
                 if args.with_tracking:
                     accelerator.log(
                         {**means, "learning_rate": scheduler.get_last_lr()[0], "epoch": epoch}, step=completed_steps
