@@ -228,3 +228,23 @@ def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(mod
                     name,
                     row_one["step"],
                 )
+
+
+def test_hf_rgbd_finetune_takes_the_pretrained_folder(tmp_path):
+    from test_finetune import FAST
+    from test_finetune import TINY_DATA as FINETUNE_DATA
+
+    from hf_rgbd.cli import main
+    from hf_rgbd.training.finetune import ModelArguments, build_model
+
+    assert main(["pretrain", *pretrain_argv("rgbd_clip:tiny", tmp_path / "pretrained", "--max_train_steps", "3")]) == 0
+    saved = saved_tensors(tmp_path / "pretrained")
+    model, processor = build_model(ModelArguments(str(tmp_path / "pretrained")), [str(i) for i in range(8)])
+    assert type(model).__name__ == "RgbdClipForImageClassification" and processor is not None
+    for name, value in model.rgbd_clip.state_dict().items():  # the towers and projections are the pretrained ones
+        assert torch.equal(value, saved[name]), name
+    output = tmp_path / "finetuned"
+    argv = ["--model_name_or_path", str(tmp_path / "pretrained"), *FINETUNE_DATA, *FAST, "--output_dir", str(output)]
+    assert main(["finetune", *argv]) == 0
+    results = json.loads((output / "all_results.json").read_text())
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and "eval_accuracy_without_rgb" in results
