@@ -62,12 +62,24 @@ class TestRgbdVlmoCommon(RgbdModelTestMixin):
     def _length(self, config: RgbdVlmoConfig) -> int:
         return 2 * TOKENS if config.modalities == "rgbd" else TOKENS
 
+    def _lower_layers(self, config: RgbdVlmoConfig) -> int:
+        """Layers each stream runs alone in the fused pass (`aligned_fusion`), before the fusion layers."""
+        return config.first_fusion_layer if config.modalities == "rgbd" and config.aligned_fusion else 0
+
     def expected_hidden_state_shapes(self, config: RgbdVlmoConfig, batch_size: int) -> list[tuple[int, ...]]:
-        return [(batch_size, self._length(config), HIDDEN)] * (LAYERS + 1)
+        # aligned: the RGB stream's lower layers (input + each layer), the depth stream's, then the fusion layers
+        lower = self._lower_layers(config)
+        stream = (batch_size, TOKENS, HIDDEN)
+        upper = [(batch_size, self._length(config), HIDDEN)] * (LAYERS - lower)
+        if lower == 0:
+            return [(batch_size, self._length(config), HIDDEN)] + upper
+        return [stream] * (1 + lower) + [stream] * lower + upper
 
     def expected_attention_shapes(self, config: RgbdVlmoConfig, batch_size: int) -> list[tuple[int, ...]]:
-        length = self._length(config)
-        return [(batch_size, HEADS, length, length)] * LAYERS
+        lower, length = self._lower_layers(config), self._length(config)
+        return [(batch_size, HEADS, TOKENS, TOKENS)] * (2 * lower) + [(batch_size, HEADS, length, length)] * (
+            LAYERS - lower
+        )
 
 
 class TestRgbdVlmoPreTrainingCommon(ForcedDrawsRemoteCodeMixin, HeadWithoutStatesMixin, RgbdModelTestMixin):
@@ -162,7 +174,9 @@ def test_unimodal_features_are_each_modality_alone_through_its_experts():
     with torch.no_grad():
         other = pairs(3, seed=1)
         fused = model(**inputs).pooler_output
-        fused_other_depth = model(**{**inputs, "depth_values": other["depth_values"], "depth_mask": other["depth_mask"]})
+        fused_other_depth = model(
+            **{**inputs, "depth_values": other["depth_values"], "depth_mask": other["depth_mask"]}
+        )
     assert not torch.allclose(fused, fused_other_depth.pooler_output)
 
 
@@ -208,7 +222,9 @@ def test_classifier_loads_a_pretraining_folder_and_reports_only_its_head(tmp_pat
     pretraining.save_pretrained(tmp_path)
     classifier, info = RgbdVlmoForImageClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
     assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
-    assert info["unexpected_keys"] == [] or all(k.startswith(("itm_head", "mdm_head")) for k in info["unexpected_keys"])
+    assert info["unexpected_keys"] == [] or all(
+        k.startswith(("itm_head", "mdm_head")) for k in info["unexpected_keys"]
+    )
     for key, value in classifier.rgbd_vlmo.state_dict().items():
         assert torch.equal(value, pretraining.rgbd_vlmo.state_dict()[key]), key
     matching = RgbdVlmoForRgbdMatching.from_pretrained(tmp_path)
@@ -254,7 +270,9 @@ def test_matching_scores_and_cosine_similarities():  # MatchingObjective: tests/
     with torch.no_grad():
         itm = model(**inputs).itm_score
         cosine = model(**inputs, use_itm_head=False).itm_score
-        rgb = torch.nn.functional.normalize(model.rgbd_vlmo.get_rgb_features(inputs["pixel_values"]).pooler_output, dim=-1)
+        rgb = torch.nn.functional.normalize(
+            model.rgbd_vlmo.get_rgb_features(inputs["pixel_values"]).pooler_output, dim=-1
+        )
         depth = torch.nn.functional.normalize(
             model.rgbd_vlmo.get_depth_features(inputs["depth_values"], inputs["depth_mask"]).pooler_output, dim=-1
         )
@@ -273,14 +291,16 @@ def test_training_stages_set_exactly_their_parts_trainable(stage):
     everything = {name for name, _ in model.named_parameters()}
     assert stage in summary and f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}" in summary
     heads = {name for name in everything if not name.startswith("rgbd_vlmo.")} | {
-        "rgbd_vlmo.rgb_projection.weight", "rgbd_vlmo.depth_projection.weight", "rgbd_vlmo.logit_scale"
+        "rgbd_vlmo.rgb_projection.weight",
+        "rgbd_vlmo.depth_projection.weight",
+        "rgbd_vlmo.logit_scale",
     }
     if stage in ("fusion", "joint"):
         assert trainable == everything
         return
 
     def part_of_stage(name: str) -> bool:
-        name = name[len("rgbd_vlmo."):]
+        name = name[len("rgbd_vlmo.") :]
         if name.startswith(f"{stage}_embeddings.") or f".experts.{stage}." in name:
             return True
         shared = name.startswith("layernorm.") or ".attention." in name or ".layernorm_before." in name
@@ -368,3 +388,33 @@ def test_config_round_trip_and_trunk_defaults():
     assert again.to_dict() == config.to_dict()
     small = RgbdVlmoConfig.small()
     assert small.num_fusion_layers == 2 and small.depth_config.patch_size_pair == (16, 16)
+
+
+def test_aligned_fusion_runs_the_streams_alone_below_the_fusion_layers():
+    torch.manual_seed(0)
+    config = tiny_config()
+    assert config.aligned_fusion and config.first_fusion_layer == 1
+    model = RgbdVlmoModel(config).eval()
+    inputs = pairs(3)
+    with torch.no_grad():
+        rgb, _ = model.embed("rgb", inputs["pixel_values"])
+        depth, depth_keys = model.embed("depth", inputs["depth_values"], inputs["depth_mask"])
+        fused, rgb_length = model.fused_states(rgb, depth, depth_keys)
+        # pretraining hands over the unimodal passes' lower states: the same fused pass
+        lower = model.lower_states("rgb", rgb, None), model.lower_states("depth", depth, depth_keys)
+        reused, _ = model.fused_states(*lower, depth_keys, lower_states_given=True)
+        # the lower states are those of the unimodal pass: its upper layers on them give the dual-encoder output
+        unimodal = model.upper_states(lower[0], None, "rgb")
+        features = model.encode_modality("rgb", inputs["pixel_values"]).last_hidden_state
+    torch.testing.assert_close(reused, fused)
+    torch.testing.assert_close(unimodal, features)
+    # without it: VLMo's fused pass, the concatenation from the first layer
+    plain = RgbdVlmoModel(tiny_config(aligned_fusion=False)).eval()
+    assert plain.aligned_rgb_projection is None and model.aligned_rgb_projection is not None
+    with torch.no_grad():
+        concatenated = plain.run_trunk(
+            torch.cat([rgb, depth], dim=1), torch.cat([torch.ones_like(depth_keys), depth_keys], dim=1), "rgbd", TOKENS
+        )
+        plain_fused, _ = plain.fused_states(rgb, depth, depth_keys)
+    assert rgb_length == TOKENS
+    torch.testing.assert_close(plain_fused, concatenated)

@@ -55,6 +55,13 @@ class RgbdVlmoConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthWo
             default to them).
         num_fusion_layers (`int`, defaults to 2): how many top layers carry a fusion expert (at most
             `num_hidden_layers`; VLMo-Base: 2 of 12).
+        aligned_fusion (`bool`, defaults to `True`): the fused pass runs the layers below the fusion layers on each
+            stream alone (as the unimodal passes do, so pretraining reuses those states), adds to every depth token
+            the projected RGB state at the same place of the patch grid (an RGB grid of another shape is resized;
+            a missing or dropped image adds nothing), then runs the fusion layers on the concatenation. RGB and
+            depth are pixel-registered; as with the fusion encoder's `aligned_fusion`, this gives each position
+            both modalities at once. `False`: VLMo's fused pass (the concatenation from the first layer, experts
+            chosen per token below the fusion layers).
         projection_dim (`int`, defaults to 256): ITC embedding size.
         logit_scale_init_value (`float`, defaults to 2.6592): initial log of the ITC scale (1 / 0.07).
         depth_vocab_size, min_depth, max_depth, mdm_mask_ratio: the depth words and masked depth modelling, as
@@ -92,6 +99,7 @@ class RgbdVlmoConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthWo
     rgb_config: dict | RgbdVitConfig | None = None
     depth_config: dict | RgbdVitConfig | None = None
     num_fusion_layers: int = 2
+    aligned_fusion: bool = True
     projection_dim: int = 256
     logit_scale_init_value: float | int = 2.6592
     depth_vocab_size: int = 64

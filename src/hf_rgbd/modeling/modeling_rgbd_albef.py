@@ -66,6 +66,7 @@ from .modeling_rgbd_pretraining import (
     matching_loss,
     matching_pairs,
     matching_rgb_drop,
+    place_on_grid,
     sample_hard_negatives,
 )
 from .modeling_rgbd_vit import RgbdVitAttention, RgbdVitEncoder, RgbdVitLayer, RgbdVitModel, RgbdVitPreTrainedModel
@@ -356,20 +357,8 @@ class RgbdAlbefModel(RgbdDualTowerMixin, RgbdAlbefPreTrainedModel):
     def aligned_rgb(self, rgb_states: torch.Tensor, num_depth_tokens: int) -> torch.Tensor:
         """The RGB token states (B, 1 + N_rgb, D_rgb) projected and placed on the depth grid: (B, 1 + N_depth,
         D_fusion), [CLS] first. An RGB grid of another shape is resized (bilinear) to the depth tower's grid."""
-        aligned = self.aligned_rgb_projection(rgb_states)
-        if aligned.shape[1] == num_depth_tokens:
-            return aligned
-        rgb_grid, depth_grid = self.config.rgb_config.grid_size, self.config.depth_config.grid_size
-        if aligned.shape[1] != 1 + rgb_grid[0] * rgb_grid[1] or num_depth_tokens != 1 + depth_grid[0] * depth_grid[1]:
-            raise ValueError(
-                f"`aligned_fusion` needs the RGB and depth token grids: got {aligned.shape[1] - 1} RGB and "
-                f"{num_depth_tokens - 1} depth patches, which are neither equal nor the configured grids {rgb_grid} "
-                f"and {depth_grid} (inputs of another size with different patch sizes); give both modalities the "
-                "same patch grid or set `aligned_fusion=False`."
-            )
-        patches = aligned[:, 1:].transpose(1, 2).reshape(aligned.shape[0], -1, *rgb_grid)
-        patches = F.interpolate(patches, size=tuple(depth_grid), mode="bilinear", align_corners=False)
-        return torch.cat([aligned[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+        grids = (tuple(self.config.rgb_config.grid_size), tuple(self.config.depth_config.grid_size))
+        return place_on_grid(self.aligned_rgb_projection(rgb_states), num_depth_tokens, *grids)
 
     def fuse(
         self,

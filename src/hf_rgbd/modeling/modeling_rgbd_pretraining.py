@@ -106,9 +106,13 @@ def check_scene_ids(scene_ids: Any, batch_size: int) -> torch.Tensor | None:
     if scene_ids is None:
         return None
     if not isinstance(scene_ids, torch.Tensor) or scene_ids.is_floating_point() or scene_ids.dtype == torch.bool:
-        raise ValueError(f"`scene_ids` must be an integer tensor, got {getattr(scene_ids, 'dtype', type(scene_ids).__name__)}.")
+        raise ValueError(
+            f"`scene_ids` must be an integer tensor, got {getattr(scene_ids, 'dtype', type(scene_ids).__name__)}."
+        )
     if tuple(scene_ids.shape) != (batch_size,):
-        raise ValueError(f"`scene_ids` must have one id per pair, shape ({batch_size},), got {tuple(scene_ids.shape)}.")
+        raise ValueError(
+            f"`scene_ids` must have one id per pair, shape ({batch_size},), got {tuple(scene_ids.shape)}."
+        )
     return scene_ids.long()
 
 
@@ -122,8 +126,14 @@ def check_depth_token_ids(depth_token_ids: Any, batch_size: int, config: Any) ->
             f"processor whose `depth_vocab_size={config.depth_vocab_size}` and `depth_patch_size` is the depth "
             "stream's patch size, or set `mdm_mask_ratio=0`."
         )
-    if not isinstance(depth_token_ids, torch.Tensor) or depth_token_ids.is_floating_point() or depth_token_ids.dtype == torch.bool:
-        raise ValueError(f"`depth_token_ids` must be an integer tensor, got {getattr(depth_token_ids, 'dtype', type(depth_token_ids).__name__)}.")
+    if (
+        not isinstance(depth_token_ids, torch.Tensor)
+        or depth_token_ids.is_floating_point()
+        or depth_token_ids.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"`depth_token_ids` must be an integer tensor, got {getattr(depth_token_ids, 'dtype', type(depth_token_ids).__name__)}."
+        )
     if tuple(depth_token_ids.shape) != (batch_size, num_patches):
         raise ValueError(
             f"`depth_token_ids` must have shape ({batch_size}, {num_patches}) (one word per depth patch of "
@@ -142,7 +152,11 @@ def check_depth_token_ids(depth_token_ids: Any, batch_size: int, config: Any) ->
 
 # ------------------------------------------------------------------------------------------------------- ITC
 def contrastive_targets(
-    batch_size: int, num_columns: int, device: torch.device, row_ids: torch.Tensor | None, column_ids: torch.Tensor | None
+    batch_size: int,
+    num_columns: int,
+    device: torch.device,
+    row_ids: torch.Tensor | None,
+    column_ids: torch.Tensor | None,
 ) -> torch.Tensor:
     """ITC targets (B, C): row i's positive is column i, or, with ids, every column of the same id (uniformly).
     Ids < 0 (unknown) match only their own column."""
@@ -328,11 +342,17 @@ def draw_mdm_mask(depth_token_ids: torch.Tensor, mask_ratio: float) -> torch.Ten
     noise = noise.masked_fill(~valid, 2.0)  # invalid patches sort last
     rank = noise.argsort(dim=1).argsort(dim=1)
     num_valid = valid.sum(dim=1, keepdim=True)
-    count = torch.where(num_valid > 0, (num_valid.float() * mask_ratio).round().clamp(min=1), torch.zeros_like(num_valid, dtype=torch.float))
+    count = torch.where(
+        num_valid > 0,
+        (num_valid.float() * mask_ratio).round().clamp(min=1),
+        torch.zeros_like(num_valid, dtype=torch.float),
+    )
     return (rank < count) & valid
 
 
-def patch_mask_to_pixels(patch_mask: torch.Tensor, grid_size: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
+def patch_mask_to_pixels(
+    patch_mask: torch.Tensor, grid_size: tuple[int, int], patch_size: tuple[int, int]
+) -> torch.Tensor:
     """(B, N) bool patch mask (row-major grid) -> (B, 1, H, W) bool pixel mask."""
     batch_size = patch_mask.shape[0]
     grid = patch_mask.view(batch_size, 1, grid_size[0], grid_size[1])
@@ -343,7 +363,9 @@ class RgbdMaskedDepthHead(nn.Module):
     """MDM head, as BERT's MLM head: dense + activation + LayerNorm, then a decoder to the depth vocabulary.
     (B, N, D) -> (B, N, depth_vocab_size)."""
 
-    def __init__(self, hidden_size: int, depth_vocab_size: int, hidden_act: str = "gelu", layer_norm_eps: float = 1e-12):
+    def __init__(
+        self, hidden_size: int, depth_vocab_size: int, hidden_act: str = "gelu", layer_norm_eps: float = 1e-12
+    ):
         super().__init__()
         from transformers.activations import ACT2FN
 
@@ -427,6 +449,29 @@ def mask_depth_for_mdm(
     return depth_mask, depth_token_ids, mdm_mask
 
 
+def place_on_grid(
+    tokens: torch.Tensor, num_target_tokens: int, source_grid: tuple[int, int], target_grid: tuple[int, int]
+) -> torch.Tensor:
+    """Token states (B, 1 + N_source, D) of one modality placed on the other's patch grid: (B, 1 + N_target, D),
+    [CLS] first; resized (bilinear) from `source_grid` to `target_grid` when the token counts differ. RGB and
+    depth are pixel-registered, so the same grid place is the same part of the scene (`aligned_fusion`)."""
+    if tokens.shape[1] == num_target_tokens:
+        return tokens
+    if (
+        tokens.shape[1] != 1 + source_grid[0] * source_grid[1]
+        or num_target_tokens != 1 + target_grid[0] * target_grid[1]
+    ):
+        raise ValueError(
+            f"`aligned_fusion` needs the RGB and depth token grids: got {tokens.shape[1] - 1} RGB and "
+            f"{num_target_tokens - 1} depth patches, which are neither equal nor the configured grids {source_grid} "
+            f"and {target_grid} (inputs of another size with different patch sizes); give both modalities the "
+            "same patch grid or set `aligned_fusion=False`."
+        )
+    patches = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *source_grid)
+    patches = F.interpolate(patches, size=tuple(target_grid), mode="bilinear", align_corners=False)
+    return torch.cat([tokens[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+
+
 def matching_pairs(
     rgb: torch.Tensor,
     depth: torch.Tensor,
@@ -463,7 +508,9 @@ def matching_rgb_drop(drop_rgb: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat([drop_rgb, torch.zeros_like(drop_rgb), torch.zeros_like(drop_rgb)])
 
 
-def draw_pretraining_rgb_dropout(config: Any, training: bool, batch_size: int, device: torch.device) -> torch.Tensor | None:
+def draw_pretraining_rgb_dropout(
+    config: Any, training: bool, batch_size: int, device: torch.device
+) -> torch.Tensor | None:
     """Which positives lose their RGB image in a pretraining step (`config.modality_dropout[0]`, drawn for the
     global batch), (B,) bool, or None when off."""
     if not training or config.modality_dropout[0] <= 0:
@@ -535,7 +582,9 @@ class RgbdMatchingMixin:
         kwargs = dict(kwargs, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         rgb_embeds = F.normalize(trunk.get_rgb_features(pixel_values, **kwargs).pooler_output, dim=-1)
         depth_embeds = F.normalize(trunk.get_depth_features(depth_values, depth_mask, **kwargs).pooler_output, dim=-1)
-        return RgbdMatchingOutput(itm_score=rgb_embeds @ depth_embeds.t(), rgb_embeds=rgb_embeds, depth_embeds=depth_embeds)
+        return RgbdMatchingOutput(
+            itm_score=rgb_embeds @ depth_embeds.t(), rgb_embeds=rgb_embeds, depth_embeds=depth_embeds
+        )
 
 
 __all__ = [

@@ -449,9 +449,11 @@ class RgbdVitEncoder(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         mlp_kwargs: dict[str, Any] | None = None,
+        layer_slice: slice | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
-        """hidden_states (B, L, D) -> `BaseModelOutput` with the last layer's output (B, L, D), not final-normed."""
+        """hidden_states (B, L, D) -> `BaseModelOutput` with the last layer's output (B, L, D), not final-normed.
+        `layer_slice` runs only those layers (e.g. `slice(0, k)`, the layers below a model's fusion layers)."""
         if attention_mask is not None:
             attention_mask = create_bidirectional_mask(
                 config=self.config,
@@ -467,7 +469,7 @@ class RgbdVitEncoder(nn.Module):
                 encoder_hidden_states=encoder_hidden_states,
                 allow_is_bidirectional_skip=False,
             )
-        for layer in self.layers:
+        for layer in self.layers if layer_slice is None else self.layers[layer_slice]:
             hidden_states = layer(
                 hidden_states,
                 attention_mask,

@@ -65,6 +65,7 @@ from .modeling_rgbd_pretraining import (
     matching_loss,
     matching_pairs,
     matching_rgb_drop,
+    place_on_grid,
     sample_hard_negatives,
 )
 from .modeling_rgbd_vit import (
@@ -116,7 +117,9 @@ class RgbdModalityExperts(nn.Module):
             if self.has_fusion_expert:
                 return self.experts["rgbd"](hidden_states)
             if rgb_length is None:
-                raise ValueError("a fused sequence (`route='rgbd'`) needs `rgb_length`, the number of RGB tokens first.")
+                raise ValueError(
+                    "a fused sequence (`route='rgbd'`) needs `rgb_length`, the number of RGB tokens first."
+                )
             rgb, depth = hidden_states[:, :rgb_length], hidden_states[:, rgb_length:]
             return torch.cat([self.experts["rgb"](rgb), self.experts["depth"](depth)], dim=1)
         if route not in ("rgb", "depth"):
@@ -266,6 +269,8 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
         self.encoder = RgbdVitEncoder(trunk_config, layers=layers)
         self.layernorm = nn.LayerNorm(trunk_config.hidden_size, eps=trunk_config.layer_norm_eps)
         hidden = trunk_config.hidden_size
+        # `aligned_fusion`: each depth token of the fused pass gets the RGB state of its grid place
+        self.aligned_rgb_projection = nn.Linear(hidden, hidden) if with_fusion and config.aligned_fusion else None
         self.rgb_projection = nn.Linear(hidden, config.projection_dim, bias=False) if "rgb" in active else None
         self.depth_projection = nn.Linear(hidden, config.projection_dim, bias=False) if "depth" in active else None
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
@@ -281,13 +286,36 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
 
     # ---------------------------------------------------------------------------- parts
     def embed(
-        self, modality: str, values: torch.Tensor, depth_mask: torch.Tensor | None = None, interpolate_pos_encoding: bool = False
+        self,
+        modality: str,
+        values: torch.Tensor,
+        depth_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One stream's embeddings (B, 1 + N, D) and key mask (B, 1 + N) bool or None ([`RgbdVitEmbeddings`])."""
         embeddings = self.rgb_embeddings if modality == "rgb" else self.depth_embeddings
         if embeddings is None:
             raise ValueError(f"this model has no {modality} stream (`modalities={self.config.modalities!r}`).")
         return embeddings(values, depth_mask=depth_mask, interpolate_pos_encoding=interpolate_pos_encoding)
+
+    def run_layers(
+        self,
+        states: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        route: str,
+        rgb_length: int | None = None,
+        layer_slice: slice | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The shared layers `layer_slice` (default all) on token states (B, L, D) with key mask (B, L) or None,
+        experts chosen by `route` ("rgb", "depth", or "rgbd" with the first `rgb_length` tokens RGB); no norms."""
+        kwargs = {
+            key: value for key, value in kwargs.items() if key not in ("return_dict", "interpolate_pos_encoding")
+        }
+        mlp_kwargs = {"route": route, "rgb_length": rgb_length}
+        return self.encoder(
+            states, attention_mask=key_mask, mlp_kwargs=mlp_kwargs, layer_slice=layer_slice, **kwargs
+        ).last_hidden_state
 
     def run_trunk(
         self,
@@ -297,15 +325,33 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
         rgb_length: int | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """The shared layers on a sequence of embeddings (B, L, D) with key mask (B, L) or None, experts chosen by
-        `route` ("rgb", "depth", or "rgbd" with the first `rgb_length` tokens RGB); final-normed states (B, L, D)."""
+        """Every shared layer on a sequence of embeddings (B, L, D) (see `run_layers`); final-normed states."""
         if self.pre_layernorm is not None:
             embeddings = self.pre_layernorm(embeddings)
-        kwargs = {key: value for key, value in kwargs.items() if key not in ("return_dict", "interpolate_pos_encoding")}
-        outputs = self.encoder(
-            embeddings, attention_mask=key_mask, mlp_kwargs={"route": route, "rgb_length": rgb_length}, **kwargs
+        return self.layernorm(self.run_layers(embeddings, key_mask, route, rgb_length, **kwargs))
+
+    def lower_states(
+        self, modality: str, embeddings: torch.Tensor, key_mask: torch.Tensor | None, **kwargs: Any
+    ) -> torch.Tensor:
+        """One stream alone through the layers below the fusion layers (its own experts): (B, L, D), not normed.
+        The unimodal pass continues with `upper_states`; with `aligned_fusion` the fused pass starts from here."""
+        if self.pre_layernorm is not None:
+            embeddings = self.pre_layernorm(embeddings)
+        return self.run_layers(
+            embeddings, key_mask, modality, layer_slice=slice(0, self.config.first_fusion_layer), **kwargs
         )
-        return self.layernorm(outputs.last_hidden_state)
+
+    def upper_states(
+        self,
+        states: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        route: str,
+        rgb_length: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The fusion layers (the top `num_fusion_layers`) on states from `lower_states`; final-normed."""
+        upper = slice(self.config.first_fusion_layer, None)
+        return self.layernorm(self.run_layers(states, key_mask, route, rgb_length, layer_slice=upper, **kwargs))
 
     def missing_rgb(self, batch_size: int, reference: torch.Tensor) -> torch.Tensor:
         """The RGB stream of a missing image: its [CLS] token alone, (B, 1, D)."""
@@ -319,22 +365,47 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
         depth_embeddings: torch.Tensor,
         depth_key_mask: torch.Tensor | None,
         drop_rgb: torch.Tensor | None = None,
+        lower_states_given: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, int]:
         """The fused pass: `(states (B, L_rgb + L_depth, D), L_rgb)`. `rgb_embeddings` None: a missing image (its
-        [CLS] alone); `drop_rgb` (B,) bool hides the RGB patches of dropped images from attention."""
+        [CLS] alone); `drop_rgb` (B,) bool hides the RGB patches of dropped images from attention. With
+        `config.aligned_fusion`, `lower_states_given=True` takes both streams' `lower_states` instead of their
+        embeddings (pretraining reuses the unimodal passes')."""
         batch_size = depth_embeddings.shape[0]
         if rgb_embeddings is None:
             rgb_embeddings = self.missing_rgb(batch_size, depth_embeddings)
+            if lower_states_given:
+                rgb_embeddings = self.lower_states("rgb", rgb_embeddings, None, **kwargs)
+            missing = True
+        else:
+            missing = False
         rgb_length = rgb_embeddings.shape[1]
         rgb_key_mask = torch.ones(batch_size, rgb_length, dtype=torch.bool, device=depth_embeddings.device)
         if drop_rgb is not None:
             rgb_key_mask[:, 1:] = ~drop_rgb[:, None]
         if depth_key_mask is None:
             depth_key_mask = torch.ones(depth_embeddings.shape[:2], dtype=torch.bool, device=depth_embeddings.device)
-        sequence = torch.cat([rgb_embeddings, depth_embeddings.to(rgb_embeddings.dtype)], dim=1)
         key_mask = torch.cat([rgb_key_mask, depth_key_mask], dim=1)
-        return self.run_trunk(sequence, key_mask, "rgbd", rgb_length, **kwargs), rgb_length
+        if self.aligned_rgb_projection is None:
+            sequence = torch.cat([rgb_embeddings, depth_embeddings.to(rgb_embeddings.dtype)], dim=1)
+            return self.run_trunk(sequence, key_mask, "rgbd", rgb_length, **kwargs), rgb_length
+        rgb_lower, depth_lower = rgb_embeddings, depth_embeddings
+        if not lower_states_given:
+            rgb_lower = self.lower_states("rgb", rgb_embeddings, None, **kwargs)
+            depth_lower = self.lower_states("depth", depth_embeddings, depth_key_mask, **kwargs)
+        if drop_rgb is not None:  # a dropped image is a missing one: its [CLS] state never saw the patches
+            missing_cls = self.lower_states("rgb", self.missing_rgb(1, rgb_lower), None, **kwargs)
+            first = torch.where(drop_rgb[:, None, None], missing_cls.to(rgb_lower.dtype), rgb_lower[:, :1])
+            rgb_lower = torch.cat([first, rgb_lower[:, 1:]], dim=1)
+        if not missing:  # each depth token gets the RGB state of its grid place (a dropped image: nothing)
+            grids = (tuple(self.config.rgb_config.grid_size), tuple(self.config.depth_config.grid_size))
+            aligned = place_on_grid(self.aligned_rgb_projection(rgb_lower), depth_lower.shape[1], *grids)
+            if drop_rgb is not None:
+                aligned = aligned.masked_fill(drop_rgb[:, None, None], 0.0)
+            depth_lower = depth_lower + aligned.to(depth_lower.dtype)
+        sequence = torch.cat([rgb_lower, depth_lower.to(rgb_lower.dtype)], dim=1)
+        return self.upper_states(sequence, key_mask, "rgbd", rgb_length, **kwargs), rgb_length
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -407,7 +478,11 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
                 )
             embeddings, key_mask = self.embed(modality, values, depth_mask, interpolate_pos_encoding)
             states = self.run_trunk(embeddings, key_mask, modality, **kwargs)
-            return RgbdVlmoModelOutput(last_hidden_state=states, pooler_output=states[:, 0], rgb_length=states.shape[1] if modality == "rgb" else 0)
+            return RgbdVlmoModelOutput(
+                last_hidden_state=states,
+                pooler_output=states[:, 0],
+                rgb_length=states.shape[1] if modality == "rgb" else 0,
+            )
 
         if (pixel_values is None or depth_values is None) and not any(p > 0 for p in config.modality_dropout):
             missing = "pixel_values" if pixel_values is None else "depth_values"
@@ -476,15 +551,25 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
         check_flag(kwargs.pop("return_dict", True), "return_dict")
         model = self.rgbd_vlmo
 
-        depth_mask, depth_token_ids, mdm_mask = mask_depth_for_mdm(config, depth_values, depth_mask, depth_token_ids, batch_size)
+        depth_mask, depth_token_ids, mdm_mask = mask_depth_for_mdm(
+            config, depth_values, depth_mask, depth_token_ids, batch_size
+        )
 
         # each stream embedded once; unimodal passes for ITC
         rgb_embeddings, _ = model.embed("rgb", pixel_values)
         depth_embeddings, depth_key_mask = model.embed("depth", depth_values, depth_mask)
         if depth_key_mask is None:
             depth_key_mask = torch.ones(depth_embeddings.shape[:2], dtype=torch.bool, device=depth_embeddings.device)
-        rgb_states = model.run_trunk(rgb_embeddings, None, "rgb", **kwargs)
-        depth_states = model.run_trunk(depth_embeddings, depth_key_mask, "depth", **kwargs)
+        if config.aligned_fusion:  # the unimodal passes' lower layers are the fused pass's too
+            rgb_lower = model.lower_states("rgb", rgb_embeddings, None, **kwargs)
+            depth_lower = model.lower_states("depth", depth_embeddings, depth_key_mask, **kwargs)
+            rgb_states = model.upper_states(rgb_lower, None, "rgb", **kwargs)
+            depth_states = model.upper_states(depth_lower, depth_key_mask, "depth", **kwargs)
+            fusion_rgb, fusion_depth = rgb_lower, depth_lower
+        else:
+            rgb_states = model.run_trunk(rgb_embeddings, None, "rgb", **kwargs)
+            depth_states = model.run_trunk(depth_embeddings, depth_key_mask, "depth", **kwargs)
+            fusion_rgb, fusion_depth = rgb_embeddings, depth_embeddings
         rgb_embeds = F.normalize(model.rgb_projection(rgb_states[:, 0]), dim=-1)
         depth_embeds = F.normalize(model.depth_projection(depth_states[:, 0]), dim=-1)
         all_scene_ids = gather_without_grad(scene_ids) if scene_ids is not None else None
@@ -495,10 +580,12 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
         # ITM: positives, (RGB i, hard negative depth), (hard negative RGB, depth i): one fused pass
         negative_depth, negative_rgb = sample_hard_negatives(logits_per_rgb, logits_per_depth, all_scene_ids)
         fused_rgb, fused_depth, fused_key_mask = matching_pairs(
-            rgb_embeddings, depth_embeddings, depth_key_mask, negative_depth, negative_rgb
+            fusion_rgb, fusion_depth, depth_key_mask, negative_depth, negative_rgb
         )
         drop_rgb = draw_pretraining_rgb_dropout(config, self.training, batch_size, pixel_values.device)
-        fused, rgb_length = model.fused_states(fused_rgb, fused_depth, fused_key_mask, matching_rgb_drop(drop_rgb), **kwargs)
+        fused, rgb_length = model.fused_states(
+            fused_rgb, fused_depth, fused_key_mask, matching_rgb_drop(drop_rgb), config.aligned_fusion, **kwargs
+        )
         itm_logits = self.itm_head(fused[:, 0])
         itm_labels = matching_labels(batch_size, drop_rgb, itm_logits.device)
         loss_itm = matching_loss(itm_logits, itm_labels)
@@ -582,7 +669,9 @@ class RgbdVlmoForImageClassification(RgbdVlmoPreTrainedModel):
         loss = None
         if labels is not None:
             labels = check_classification_labels(labels, logits, self.config, check_values=not self.training)
-            loss = fused_classification_loss(self.loss_function, labels, logits, (rgb_logits, depth_logits), self.config)
+            loss = fused_classification_loss(
+                self.loss_function, labels, logits, (rgb_logits, depth_logits), self.config
+            )
         return RgbdVlmoImageClassifierOutput(
             loss=loss,
             logits=logits,
