@@ -88,8 +88,9 @@ class AlbefBatcher(Batcher):
 
 
 def itc_only_loss(model: RgbdAlbefForPreTraining, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The ITC loss of the towers alone, on the unmasked depth (an ITC-only step of the same encoders)."""
-    trunk = model.rgbd_albef
+    """The ITC loss of the towers alone, on the unmasked depth (an ITC-only step of the same encoders); any
+    pretraining model whose base model has `get_rgb_features` / `get_depth_features` (the experts model too)."""
+    trunk = model.base_model
     rgb = F.normalize(trunk.get_rgb_features(batch["pixel_values"]).pooler_output, dim=-1)
     depth = F.normalize(trunk.get_depth_features(batch["depth_values"], batch["depth_mask"]).pooler_output, dim=-1)
     return global_contrastive_loss(rgb, depth, trunk.scaled_logit_scale())[0]
@@ -126,7 +127,8 @@ def pretrain(model: RgbdAlbefForPreTraining, train, batcher: AlbefBatcher, args,
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            model.momentum_update()
+            if callable(getattr(model, "momentum_update", None)):  # the fusion encoder's EMA teacher
+                model.momentum_update()
             for key in sums:
                 sums[key] += outputs[key].item() / steps_per_epoch
         seconds += time.perf_counter() - start
