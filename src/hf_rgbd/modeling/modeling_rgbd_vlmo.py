@@ -373,13 +373,11 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
         `config.aligned_fusion`, `lower_states_given=True` takes both streams' `lower_states` instead of their
         embeddings (pretraining reuses the unimodal passes')."""
         batch_size = depth_embeddings.shape[0]
-        if rgb_embeddings is None:
+        missing = rgb_embeddings is None
+        if missing:
             rgb_embeddings = self.missing_rgb(batch_size, depth_embeddings)
             if lower_states_given:
                 rgb_embeddings = self.lower_states("rgb", rgb_embeddings, None, **kwargs)
-            missing = True
-        else:
-            missing = False
         rgb_length = rgb_embeddings.shape[1]
         rgb_key_mask = torch.ones(batch_size, rgb_length, dtype=torch.bool, device=depth_embeddings.device)
         if drop_rgb is not None:

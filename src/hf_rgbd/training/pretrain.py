@@ -484,9 +484,6 @@ def run_pretraining(
             },
         )  # fmt: skip
 
-    has_teacher = (
-        callable(getattr(unwrapped, "momentum_update", None)) and getattr(unwrapped, "teacher", None) is not None
-    )
     progress = tqdm(
         total=max_steps, initial=completed_steps, desc="pretraining", unit="step",
         disable=args.disable_tqdm or not accelerator.is_local_main_process,
@@ -514,7 +511,7 @@ def run_pretraining(
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            if has_teacher:
+            if callable(getattr(unwrapped, "momentum_update", None)):  # the EMA teacher (a no-op without one)
                 unwrapped.momentum_update()
             completed_steps += 1
             # ITC is already the global batch's on every process; ITM / MDM are per-process means: average them
