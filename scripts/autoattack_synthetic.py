@@ -45,7 +45,7 @@ INDEX_BITS = 16
 CROSSCHECK_BUDGETS = (2 / 255, 4 / 255)
 # the sanity ladder: RGB intensity and depth metres, the last large enough to break every sample
 RGB_LADDER = (2 / 255, 8 / 255, 64 / 255)
-DEPTH_LADDER = (0.025, 0.1, 0.8)
+DEPTH_LADDER = (0.025, 0.1, 2.0)
 
 
 class IndexedAdapter(torch.nn.Module):
