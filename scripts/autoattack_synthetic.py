@@ -84,6 +84,7 @@ def train_models(data, processor, args) -> dict:
     labels = data["train"].features["label"].names
     label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels))}
     side = args.image_size
+    torch.manual_seed(args.seed)  # the initial weights: a script run is reproducible
     # 16 tokens, as the small config at 64x64; 2 layers (not 4) keep the script within its 60 minutes
     tower = {"image_size": side, "patch_size": max(side // 4, 4), "num_hidden_layers": args.dual_encoder_layers}
     models = {
