@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers.image_processing_utils import BatchFeature
 
 from ..attacks import AttackResult, AutoAttack, RgbdAttack
 from ..attacks.base import model_device, model_inputs
 from ..data.splits import split_to_tensors
 from ..processors.validation_rgbd import check_int
+from ..utils import progress_bar
 
 
 def _batches(processor: Any, dataset: Any, batch_size: int) -> list[tuple[BatchFeature, torch.Tensor]]:
@@ -127,7 +127,7 @@ def evaluate_robustness(
         scratch = None if output_path is None else Path(tempfile.mkdtemp(prefix="adversarial_examples_"))
         split_paths: dict[str, Path] = {}
         taken: set[str] = set()
-        progress = tqdm(total=len(attacks) * len(batches), desc="robustness", unit="batch")
+        progress = progress_bar(total=len(attacks) * len(batches), desc="robustness", unit="batch")
         for name, attack in attacks.items():
             correct, norms, columns = [], {}, {}
             after: dict[str, float] = {}  # AutoAttack: robust samples after each of its attacks, summed over batches
