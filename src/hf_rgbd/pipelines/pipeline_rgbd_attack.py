@@ -82,6 +82,8 @@ class RgbdAdversarialAttackPipeline(RgbdPipeline):
       which `predictions_after` and `perturbation` are measured. None when the model takes no RGB.
     - `adversarial_depth`: (H, W) float32 metres at the output size, 0 at the input's holes (which the attack leaves
       unchanged). None when the model takes no depth or its representation does not convert back to metres.
+    - `clean_rgb`, `clean_depth`: the attacked input as the model saw it, in the same units and size (the
+      perturbation maps are the differences).
     - `predictions_before`, `predictions_after`: `[{"label", "score"}]` (classifiers) or `{"score",
       "score_type": "itm"}` (the matched probability).
     - `success`: whether the attack reached its goal; `perturbation`: per perturbed input `{"linf", "l2"}` in
@@ -201,9 +203,10 @@ class RgbdAdversarialAttackPipeline(RgbdPipeline):
             labels = before.argmax(dim=-1)
         result = attack.perturb(model_inputs, labels)
         outputs = {"before": before, "after": self.prediction(result.inputs), "success": result.success}
-        adversarial = hf_rgbd_attacks().physical_inputs(result.inputs, self.processor)
-        for name, values in adversarial.items():
-            outputs[f"adversarial_{name}"] = values
+        physical_inputs = hf_rgbd_attacks().physical_inputs
+        for prefix, batch in (("clean", model_inputs), ("adversarial", result.inputs)):
+            for name, values in physical_inputs(batch, self.processor).items():
+                outputs[f"{prefix}_{name}"] = values
         for name in result.linf:
             outputs[f"linf_{name}"] = result.linf[name]
             outputs[f"l2_{name}"] = result.l2[name]
@@ -229,9 +232,15 @@ class RgbdAdversarialAttackPipeline(RgbdPipeline):
         seed: int = 0,
         budget: dict[str, float] | None = None,
     ) -> dict[str, Any]:
-        rgb = model_outputs.get("adversarial_pixel_values")
-        depth = model_outputs.get("adversarial_depth_values")
-        rgb_array = None if rgb is None else rgb[0].permute(1, 2, 0).float().cpu().numpy()
+        def rgb_array(prefix: str) -> np.ndarray | None:
+            rgb = model_outputs.get(f"{prefix}_pixel_values")
+            return None if rgb is None else rgb[0].permute(1, 2, 0).float().cpu().numpy()
+
+        def depth_array(prefix: str) -> np.ndarray | None:
+            depth = model_outputs.get(f"{prefix}_depth_values")
+            return None if depth is None else depth[0, 0].float().cpu().numpy()
+
+        adversarial_rgb = rgb_array("adversarial")
         perturbation = {
             key.removeprefix("linf_"): {
                 "linf": float(model_outputs[key][0]),
@@ -242,10 +251,12 @@ class RgbdAdversarialAttackPipeline(RgbdPipeline):
         }
         return {
             "adversarial_image": None
-            if rgb_array is None
-            else Image.fromarray(np.clip(np.rint(rgb_array * 255.0), 0, 255).astype(np.uint8)),
-            "adversarial_rgb": rgb_array,
-            "adversarial_depth": None if depth is None else depth[0, 0].float().cpu().numpy(),
+            if adversarial_rgb is None
+            else Image.fromarray(np.clip(np.rint(adversarial_rgb * 255.0), 0, 255).astype(np.uint8)),
+            "adversarial_rgb": adversarial_rgb,
+            "adversarial_depth": depth_array("adversarial"),
+            "clean_rgb": rgb_array("clean"),
+            "clean_depth": depth_array("clean"),
             "predictions_before": self.describe(model_outputs["before"], top_k),
             "predictions_after": self.describe(model_outputs["after"], top_k),
             "success": bool(model_outputs["success"][0]),
