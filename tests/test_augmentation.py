@@ -315,3 +315,40 @@ def test_per_sample_seeds_make_a_sample_independent_of_its_batch(seeds, position
     assert torch.equal(augment.generator.get_state(), torch.Generator().manual_seed(0).get_state())
     with pytest.raises(ValueError, match="one seed per sample"):
         augment({"image": image, "depth": depth}, seeds=seeds[:1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(max_shift=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), p_flip=st.sampled_from([0.0, 0.5, 1.0]))
+def test_shift_translates_rgb_depth_mask_and_intrinsics_together(max_shift, seed, p_flip):
+    """With crops off, every output is the (flipped) input translated by one integer (dx, dy) within
+    `max_shift`: black RGB and holes where pixels come from outside, the principal point moved by (dx, dy)."""
+    n, h, w = 6, 20, 24
+    batch = _coordinate_batch(n, h, w)
+    batch["depth_mask"] = torch.ones(n, 1, h, w, dtype=torch.bool)
+    out = RgbdAugment(p_crop=0.0, p_flip=p_flip, max_shift=max_shift, generator=seed, **NO_COLOUR)(batch)
+    plain = RgbdAugment(p_crop=0.0, p_flip=p_flip, generator=seed, **NO_COLOUR)(batch)  # the same flips
+    for index in range(n):
+        valid = out["depth_mask"][index, 0]
+        rows, cols = valid.any(1).nonzero()[:, 0], valid.any(0).nonzero()[:, 0]
+        # the valid region is one rectangle touching opposite borders: the translation
+        dy = int(rows[0]) if rows[0] > 0 else -(h - 1 - int(rows[-1]))
+        dx = int(cols[0]) if cols[0] > 0 else -(w - 1 - int(cols[-1]))
+        assert abs(dx) <= max_shift and abs(dy) <= max_shift
+        assert int(valid.sum()) == (h - abs(dy)) * (w - abs(dx))
+        moved = torch.roll(plain["image"][index], shifts=(dy, dx), dims=(1, 2))
+        assert torch.allclose(out["image"][index][:, valid], moved[:, valid], atol=1e-5)
+        assert (out["image"][index][:, ~valid] == 0).all() and (out["depth"][index, 0][~valid] == 0).all()
+        moved_depth = torch.roll(plain["depth"][index, 0], shifts=(dy, dx), dims=(0, 1))
+        assert torch.allclose(out["depth"][index, 0][valid], moved_depth[valid])
+        expected_k = plain["intrinsics"][index].clone()
+        expected_k[0, 2] += dx
+        expected_k[1, 2] += dy
+        assert torch.allclose(out["intrinsics"][index], expected_k, atol=1e-4)
+
+
+def test_shift_off_leaves_the_random_stream_unchanged():
+    batch = _coordinate_batch(4, 16, 16)
+    settings_ = dict(crop_scale=(0.5, 1.0), p_flip=0.5, brightness=0.2, generator=3)
+    assert torch.equal(RgbdAugment(**settings_)(batch)["image"], RgbdAugment(**settings_, max_shift=0)(batch)["image"])
+    with pytest.raises(ValueError, match="max_shift"):
+        RgbdAugment(max_shift=-1)

@@ -57,6 +57,8 @@ class RgbdAugment:
         crop_ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
         p_crop: probability of a random crop per sample (otherwise the whole image is resized).
         p_flip: probability of a horizontal flip per sample.
+        max_shift: translation of the output by up to this many pixels in each direction (0: none), after the
+            crop and flip; pixels shifted in from outside are black RGB and depth holes.
         brightness, contrast, saturation: jitter strengths ``s``; factors are drawn from ``[1 - s, 1 + s]``.
         hue: maximal hue rotation as a fraction of a full turn, in [0, 0.5].
         depth_noise: ``k`` of the added Gaussian depth noise, ``sigma = k * z^2`` metres (valid pixels only).
@@ -93,6 +95,7 @@ class RgbdAugment:
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         p_crop: float = 1.0,
         p_flip: float = 0.5,
+        max_shift: int = 0,
         brightness: float = 0.2,
         contrast: float = 0.2,
         saturation: float = 0.2,
@@ -118,6 +121,7 @@ class RgbdAugment:
         self.crop_ratio = _range("crop_ratio", crop_ratio, 0.0, math.inf)
         self.p_crop = _prob("p_crop", p_crop)
         self.p_flip = _prob("p_flip", p_flip)
+        self.max_shift = check_int(max_shift, "max_shift", 0)
         self.brightness = _non_negative("brightness", brightness)
         self.contrast = _non_negative("contrast", contrast)
         self.saturation = _non_negative("saturation", saturation)
@@ -280,6 +284,13 @@ class RgbdAugment:
         sx, sy = box[:, 2] / ow, box[:, 3] / oh  # source pixels per output pixel
         cols = torch.arange(ow, device=device, dtype=torch.float32)
         rows = torch.arange(oh, device=device, dtype=torch.float32)
+        inside = None
+        if self.max_shift:  # output pixel (j, i) reads the crop's pixel (j - dy, i - dx)
+            dx = (self._rand(n) * (2 * self.max_shift + 1)).floor().to(device) - self.max_shift
+            dy = (self._rand(n) * (2 * self.max_shift + 1)).floor().to(device) - self.max_shift
+            cols, rows = cols[None, :] - dx[:, None], rows[None, :] - dy[:, None]  # (n, ow), (n, oh)
+            inside = ((rows >= 0) & (rows < oh))[:, :, None] & ((cols >= 0) & (cols < ow))[:, None, :]
+            inside = inside[:, None]  # (n, 1, oh, ow)
         cols = torch.where(flip[:, None], ow - 1 - cols, cols)  # (n, ow)
         src_x = box[:, 0:1] + (cols + 0.5) * sx[:, None] - 0.5
         src_y = box[:, 1:2] + (rows + 0.5) * sy[:, None] - 0.5  # (n, oh)
@@ -296,6 +307,8 @@ class RgbdAugment:
             torch.cat([depth, valid.float()], 1), grid, mode="nearest", padding_mode="border", align_corners=False
         )
         valid = geo[:, 1:2] > 0.5
+        if inside is not None:
+            rgb, valid = torch.where(inside, rgb, 0.0), valid & inside
         depth = torch.where(valid, geo[:, 0:1], 0.0)
         if intrinsics is not None:
             k = intrinsics.clone()
@@ -305,6 +318,8 @@ class RgbdAugment:
             k[:, 1, 1] = intrinsics[:, 1, 1] / sy
             k[:, 1, 2] = (intrinsics[:, 1, 2] - box[:, 1] + 0.5) / sy - 0.5
             k[:, 0, 2] = torch.where(flip, ow - 1 - k[:, 0, 2], k[:, 0, 2])
+            if self.max_shift:
+                k[:, 0, 2], k[:, 1, 2] = k[:, 0, 2] + dx, k[:, 1, 2] + dy
             intrinsics = k
 
         # ---- photometric (RGB only): brightness, contrast, saturation, hue in this order

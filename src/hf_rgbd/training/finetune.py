@@ -146,9 +146,18 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}
     )
+    augmentation: Literal["crop", "shift"] = field(
+        default="crop",
+        metadata={
+            "help": "Training augmentation (aligned for RGB and depth): `crop` = random resized crops (`crop_scale`) "
+            "and flips; `shift` = flips and translations by up to `max_shift` pixels (holes shifted in), as "
+            "`train_classifier`. Colour jitter (`colour_jitter`) applies to both."
+        },
+    )
     crop_scale: float = field(
         default=0.6, metadata={"help": "Training augmentation: smallest random crop, as a fraction of the area."}
     )
+    max_shift: int = field(default=4, metadata={"help": "`--augmentation shift`: largest translation in pixels."})
     colour_jitter: float = field(
         default=0.1, metadata={"help": "Training augmentation: brightness / contrast / saturation jitter strength."}
     )
@@ -398,9 +407,16 @@ def training_augment(processor, data_args: DataArguments, seed: int):
     from ..data import RgbdAugment
 
     jitter = data_args.colour_jitter
+    if data_args.augmentation not in ("crop", "shift"):
+        raise ValueError(f"`--augmentation` must be 'crop' or 'shift', got {data_args.augmentation!r}.")
+    geometry = (
+        dict(crop_scale=(data_args.crop_scale, 1.0))
+        if data_args.augmentation == "crop"
+        else dict(p_crop=0.0, max_shift=data_args.max_shift)
+    )
     return RgbdAugment(
-        output_size=_fixed_output_size(processor), crop_scale=(data_args.crop_scale, 1.0), p_flip=0.5,
-        brightness=jitter, contrast=jitter, saturation=jitter, generator=seed,
+        output_size=_fixed_output_size(processor), p_flip=0.5, brightness=jitter, contrast=jitter, saturation=jitter,
+        generator=seed, **geometry,
     )  # fmt: skip
 
 
