@@ -50,7 +50,7 @@ def main() -> None:
         data_cache=cli.data_cache, mdm_mask_ratio=0.15, distillation_alpha=0.0, pretrain_rgb_dropout=0.1,
         crop_scale=0.6, colour_jitter=0.1, pretrain_batch_size=100, itc_warmup_epochs=cli.itc_warmup_epochs,
         pretrain_epochs=cli.pretrain_epochs, pretrain_lr=1e-3, weight_decay=0.05, logit_scale_lr_factor=10.0,
-        max_grad_norm=1.0, log_every=10,
+        max_grad_norm=1.0, log_every=10, unmasked_tuning_epochs=0,
     )  # fmt: skip
     torch.set_num_threads(cli.threads)
     setup = Setup(args)

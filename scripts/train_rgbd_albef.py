@@ -98,20 +98,45 @@ def itc_only_loss(model: RgbdAlbefForPreTraining, batch: dict[str, torch.Tensor]
 
 def pretrain(model: RgbdAlbefForPreTraining, train, batcher: AlbefBatcher, args, seed: int) -> tuple[float, list]:
     """`--itc-warmup-epochs` epochs of ITC alone (the towers only), then `--pretrain-epochs` epochs of ITC + ITM +
-    MDM, under one warm-up + cosine schedule."""
+    MDM, under one warm-up + cosine schedule; then `--unmasked-tuning-epochs` of ITC + ITM on the unmasked depth
+    (MDM off) under a schedule of their own from `--unmasked-tuning-lr` (FLIP's unmasked tuning: the MDM patches are
+    holes in every pretraining pass, never at test time)."""
+    generator = torch.Generator().manual_seed(seed)
+    main_epochs = args.itc_warmup_epochs + args.pretrain_epochs
+    seconds, history = run_epochs(model, train, batcher, args, seed, generator, main_epochs, args.pretrain_lr,
+                                  lambda epoch: "ITC warm-up" if epoch < args.itc_warmup_epochs else "ITC+ITM+MDM")
+    if args.unmasked_tuning_epochs:
+        ratio = model.config.mdm_mask_ratio
+        model.config.mdm_mask_ratio = 0.0
+        try:
+            more_seconds, more_history = run_epochs(model, train, batcher, args, seed, generator,
+                                                    args.unmasked_tuning_epochs, args.unmasked_tuning_lr,
+                                                    lambda epoch: "unmasked ITC+ITM", first_epoch=main_epochs)
+        finally:
+            model.config.mdm_mask_ratio = ratio
+        seconds, history = seconds + more_seconds, history + more_history
+    return seconds, history
+
+
+def total_epochs(args) -> int:
+    return args.itc_warmup_epochs + args.pretrain_epochs + args.unmasked_tuning_epochs
+
+
+def run_epochs(model, train, batcher: AlbefBatcher, args, seed: int, generator: torch.Generator, epochs: int,
+               learning_rate: float, stage, first_epoch: int = 0) -> tuple[float, list]:
+    """`epochs` epochs of one optimizer and warm-up + cosine schedule; `stage(epoch)` names each epoch's losses
+    ("ITC warm-up": the towers' ITC alone; otherwise the model's own loss)."""
     count = train["label"].shape[0]
     steps_per_epoch = count // args.pretrain_batch_size
-    epochs = args.itc_warmup_epochs + args.pretrain_epochs
     total = steps_per_epoch * epochs
-    optimizer = contrastive_optimizer(model, args.pretrain_lr, args.weight_decay, args.logit_scale_lr_factor)
+    optimizer = contrastive_optimizer(model, learning_rate, args.weight_decay, args.logit_scale_lr_factor)
     scheduler = warmup_cosine(optimizer, total, max(1, int(0.05 * total)))
-    generator = torch.Generator().manual_seed(seed)
     seconds, history = 0.0, []
     for epoch in range(epochs):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(count, generator=generator)
-        warmup = epoch < args.itc_warmup_epochs
+        warmup = stage(epoch) == "ITC warm-up"
         sums = {"loss_itc": 0.0, "loss_itm": 0.0, "loss_mdm": 0.0}
         for step in range(steps_per_epoch):
             index = order[step * args.pretrain_batch_size : (step + 1) * args.pretrain_batch_size]
@@ -135,8 +160,8 @@ def pretrain(model: RgbdAlbefForPreTraining, train, batcher: AlbefBatcher, args,
         history.append(sums)
         if (epoch + 1) % args.log_every == 0 or epoch + 1 == epochs:
             losses = ", ".join(f"{key[5:].upper()} {value:.3f}" for key, value in sums.items())
-            stage = "ITC warm-up" if warmup else "ITC+ITM+MDM"
-            print(f"  [seed {seed}] pretrain epoch {epoch + 1}/{epochs} ({stage}): {losses}, {seconds:.0f} s", flush=True)
+            print(f"  [seed {seed}] pretrain epoch {first_epoch + epoch + 1}/{total_epochs(args)} ({stage(epoch)}): {losses}, "
+                  f"{seconds:.0f} s", flush=True)
     return seconds, history
 
 
@@ -507,6 +532,11 @@ def main() -> None:
     parser.add_argument("--data-cache", default=None)
     parser.add_argument("--itc-warmup-epochs", type=int, default=50, help="ITC-only epochs before the full pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=70, help="ITC + ITM + MDM epochs")
+    parser.add_argument(
+        "--unmasked-tuning-epochs", type=int, default=10,
+        help="ITC + ITM epochs on the unmasked depth after the main schedule (0: none)",
+    )
+    parser.add_argument("--unmasked-tuning-lr", type=float, default=1e-4)
     parser.add_argument("--pretrain-batch-size", type=int, default=100)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--logit-scale-lr-factor", type=float, default=10.0)
