@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -12,8 +13,44 @@ import torch
 
 
 def demo(args: argparse.Namespace) -> int:
+    """Train every family at the same wall-clock budget on the synthetic scenes, evaluate and attack each, and write
+    the report, plots, `results.json` and the models to `--output-dir` (see `hf_rgbd.demo`)."""
+    from .demo import DemoError, run_demo
+
+    try:
+        with _progress_and_threads(args):
+            results = run_demo(args.output_dir, quick=args.quick, threads=args.threads)
+    except DemoError as err:
+        print(f"hf-rgbd demo: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output_dir}/report.md ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def app(args: argparse.Namespace) -> int:
+    """Serve the Gradio app on 127.0.0.1 until interrupted."""
+    try:
+        from .app import launch_app
+    except ImportError as err:
+        print(f"hf-rgbd app: error: {err}; install the app extra: pip install -e \".[app]\"", file=sys.stderr)
+        return 2
+    from .utils import torch_thread_limit
+
+    with torch_thread_limit(args.threads, "--threads"):
+        launch_app(port=args.port, demo_dir=args.demo_dir, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
+def probe(args: argparse.Namespace) -> int:
     """Generate a few RGB-D pairs and process them in every depth representation, printing what came out; then
     run the fusion probe. At most `--threads` torch threads throughout (restored afterwards)."""
+    with _progress_and_threads(args):
+        return _probe_representations(args)
+
+
+@contextlib.contextmanager
+def _progress_and_threads(args: argparse.Namespace):
+    """`--no-progress` and `--threads` for the duration of a command (both restored afterwards)."""
     from .utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, torch_thread_limit
 
     bars_were_disabled = are_progress_bars_disabled()
@@ -21,13 +58,13 @@ def demo(args: argparse.Namespace) -> int:
         disable_progress_bars()
     try:
         with torch_thread_limit(args.threads, "--threads"):
-            return _demo(args)
+            yield
     finally:
         if not bars_were_disabled:
             enable_progress_bars()
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _probe_representations(args: argparse.Namespace) -> int:
     from .data import make_synthetic_rgbd
     from .processors import (
         INVERTIBLE_REPRESENTATIONS,
@@ -234,32 +271,56 @@ def attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_thread_and_progress_arguments(parser: argparse.ArgumentParser, dependence: str) -> None:
+    """`--threads` (default 1) and `--no-progress`, shared by the commands that train."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="at most this many torch threads (default 1: small ops run fastest on one thread when another process "
+        f"keeps a core busy; {dependence})",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (as HF_RGBD_DISABLE_PROGRESS_BARS=1)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-rgbd", description="RGB-D models, processors and attacks on Hugging Face."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser(
-        "demo", help="process generated RGB-D pairs in every depth representation, then run the fusion probe"
+        "demo",
+        help="the main job: train every fusion family at one wall-clock budget on synthetic scenes, evaluate and "
+        "attack each (RGB only, depth only, both), and write report.md, plots, results.json and the models",
     )
-    demo_parser.add_argument("--num-pairs", type=int, default=4)
-    demo_parser.add_argument("--image-size", type=int, default=64)
-    demo_parser.add_argument("--output-size", type=int, default=32)
-    demo_parser.add_argument("--depth-vocab-size", type=int, default=16)
-    demo_parser.add_argument("--depth-patch-size", type=int, default=8)
-    demo_parser.add_argument("--seed", type=int, default=0)
-    demo_parser.add_argument("--probe-epochs", type=int, default=60, help="epochs of the fusion probe (0 skips it)")
-    demo_parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="at most this many torch threads (default 1: the demo's ops are small, and one thread runs them "
-        "fastest when another process keeps a core busy; the probe's accuracies depend on it)",
-    )
-    demo_parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (as HF_RGBD_DISABLE_PROGRESS_BARS=1)"
-    )
+    demo_parser.add_argument("--output-dir", required=True, help="where the report and models go (reused on re-runs)")
+    demo_parser.add_argument("--quick", action="store_true", help="a reduced run (tiny models, fewer scenes; ~2 min)")
+    add_thread_and_progress_arguments(demo_parser, "the budgets are wall-clock, so the accuracies depend on it")
     demo_parser.set_defaults(handler=demo)
+    app_parser = commands.add_parser(
+        "app", help="a Gradio app on 127.0.0.1: upload an RGB-D pair, pick a model and an attack, see the result"
+    )
+    app_parser.add_argument("--port", type=int, default=7860)
+    app_parser.add_argument(
+        "--demo-dir", default="demo_output", help="the output directory of `hf-rgbd demo` whose models are offered"
+    )
+    app_parser.add_argument("--threads", type=int, default=None, help="at most this many torch threads")
+    app_parser.add_argument("--trust-remote-code", action="store_true")
+    app_parser.set_defaults(handler=app)
+    probe_parser = commands.add_parser(
+        "probe", help="process generated RGB-D pairs in every depth representation, then run the fusion probe"
+    )
+    probe_parser.add_argument("--num-pairs", type=int, default=4)
+    probe_parser.add_argument("--image-size", type=int, default=64)
+    probe_parser.add_argument("--output-size", type=int, default=32)
+    probe_parser.add_argument("--depth-vocab-size", type=int, default=16)
+    probe_parser.add_argument("--depth-patch-size", type=int, default=8)
+    probe_parser.add_argument("--seed", type=int, default=0)
+    probe_parser.add_argument("--probe-epochs", type=int, default=60, help="epochs of the fusion probe (0 skips it)")
+    add_thread_and_progress_arguments(probe_parser, "the probe's accuracies depend on it")
+    probe_parser.set_defaults(handler=probe)
     attack_parser = commands.add_parser(
         "attack",
         help="attack a saved RGB-D model on one RGB-D pair and write the adversarial pair (the "
