@@ -266,8 +266,10 @@ def test_attack_pipeline_is_the_attack_reproducible_and_keeps_holes(folders, fil
     assert result["predictions_before"][0]["label"] == LABELS[int(clean.argmax())]
     # budgets and holes, in physical units
     clean_physical = physical_inputs(batch, processor)
-    np.testing.assert_array_equal(result["clean_rgb"], clean_physical["pixel_values"][0].permute(1, 2, 0).numpy())
-    np.testing.assert_array_equal(result["clean_depth"], clean_physical["depth_values"][0, 0].numpy())
+    rgb_seen, depth_seen = clean_physical["pixel_values"][0].permute(1, 2, 0), clean_physical["depth_values"][0, 0]
+    np.testing.assert_allclose(result["clean_rgb"], rgb_seen.numpy(), atol=1e-6)
+    np.testing.assert_allclose(result["clean_depth"], depth_seen.numpy(), atol=1e-6)
+    assert (result["clean_depth"][~batch["depth_mask"][0, 0].numpy()] == 0).all()
     rgb_delta = np.abs(result["adversarial_rgb"] - clean_physical["pixel_values"][0].permute(1, 2, 0).numpy())
     assert rgb_delta.max() <= budget["pixel_values"] + 1e-6
     holes = ~batch["depth_mask"][0, 0].numpy()
