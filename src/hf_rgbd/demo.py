@@ -549,6 +549,7 @@ def plot_robustness(results: dict[str, Any], settings: DemoSettings, path: Path)
     axes[0][0].set_ylabel("robust accuracy (%)")
     axes[0][0].legend(fontsize=7)
     figure.suptitle(f"APGD-CE ({settings.apgd_steps} steps): robust accuracy against the budget (RGB, depth)", fontsize=10)
+    figure.subplots_adjust(hspace=0.5)  # room for the two-line budget ticks above the next row's titles
     return _save_figure(figure, path)
 
 
