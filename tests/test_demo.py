@@ -98,11 +98,11 @@ def test_quick_demo_models_load_in_the_pipeline(quick_demo):
     from hf_rgbd.data import make_synthetic_rgbd
 
     output, _ = quick_demo
-    scene = make_synthetic_rgbd(num_train=1, num_validation=1, num_test=1, image_size=32, seed=5)["test"][0]
+    split = make_synthetic_rgbd(num_train=1, num_validation=1, num_test=1, image_size=32, seed=5)["test"]
+    scene = split[0]
     classifier = pipeline("rgbd-image-classification", model=str(output / "models" / "fusion_encoder"))
     predictions = classifier(scene["image"], depths=scene["depth"], top_k=3)
-    names = make_synthetic_rgbd(num_train=1, num_validation=1, num_test=1, image_size=32)["test"].features
-    assert len(predictions) == 3 and {p["label"] for p in predictions} <= set(names["label"].names)
+    assert len(predictions) == 3 and {p["label"] for p in predictions} <= set(split.features["label"].names)
 
 
 def test_quick_demo_rerun_reuses_everything(quick_demo, tmp_path):

@@ -161,21 +161,17 @@ def run_attack(
 
 
 def build_app(
-    demo_dir: str | os.PathLike | None = "demo_output",
-    examples_dir: str | os.PathLike | None = None,
-    trust_remote_code: bool = False,
+    demo_dir: str | os.PathLike | None, examples_dir: str | os.PathLike, trust_remote_code: bool = False
 ):
     """The Gradio Blocks of the app (not launched). Models offered: the demo's folders under `demo_dir`; any
-    folder or hub id can be typed in."""
+    folder or hub id can be typed in. The synthetic examples are written to `examples_dir`."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import tempfile
-
     import gradio as gr
 
     from .pipelines.pipeline_rgbd_attack import attack_classes
 
     models = demo_model_folders(demo_dir)
-    examples = write_synthetic_examples(examples_dir or tempfile.mkdtemp(prefix="hf-rgbd-app-"))
+    examples = write_synthetic_examples(examples_dir)
     attacks = sorted(attack_classes())
     default_attack = "apgd" if "apgd" in attacks else attacks[0]
 

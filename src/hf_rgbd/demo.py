@@ -150,25 +150,21 @@ def load_reused(loader: Callable[..., Any], folder: Path, **kwargs: Any) -> Any:
 # ------------------------------------------------------------------------------------------------------- models
 def _config(model_type: str, settings: DemoSettings, label_names: list[str], **overrides: Any):
     from .registration import preset_config
+    from .training.finetune import _labels_kwargs
 
     size = "small" if model_type == "rgbd_cnn" else settings.config_size
     _, factory = preset_config(f"{model_type}:{size}")
-    labels = {
-        "num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-        "label2id": {name: index for index, name in enumerate(label_names)},
-    }  # fmt: skip
-    return factory(**labels, **overrides)
+    return factory(**_labels_kwargs(label_names), **overrides)
 
 
 def _classification_settings(model_type: str, modalities: str) -> dict[str, Any]:
-    from .registration import MODEL_FAMILIES
+    """`modalities`, modality dropout and auxiliary-loss weight as `hf-rgbd finetune` sets them by default."""
+    from .registration import preset_config
+    from .training.finetune import ModelArguments
+    from .training.finetune import _classification_settings as finetune_settings
 
-    fused = modalities == "rgbd"
-    config_class = next(config for config, _ in MODEL_FAMILIES if config.model_type == model_type)
-    settings: dict[str, Any] = {"modalities": modalities, "modality_dropout": (0.1, 0.1) if fused else (0.0, 0.0)}
-    if "auxiliary_loss_weight" in {f.name for f in dataclasses.fields(config_class)}:
-        settings["auxiliary_loss_weight"] = 1.0 if fused else 0.0
-    return settings
+    config_class, _ = preset_config(model_type)
+    return finetune_settings(config_class, ModelArguments(model_name_or_path=model_type, modalities=modalities))
 
 
 def _model_classes(model_type: str) -> dict[str, Any]:
@@ -313,15 +309,18 @@ class DemoData:
         return self._inputs[key]
 
 
-def _depth_tokens_for(config, processor) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
+def _depth_tokens_for(config, processor) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None:
+    """The MDM targets of a batch (its depth words, as `hf-rgbd pretrain` makes them); None without MDM."""
     from .processors import depth_token_ids
+    from .training.pretrain import pretraining_depth_vocab
+
+    vocab = pretraining_depth_vocab(config)
+    if vocab is None:
+        return None
 
     def tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         metres = processor.depth_image_processor.to_metres(batch["depth_values"], batch["depth_mask"])
-        return depth_token_ids(
-            metres, batch["depth_mask"], config.depth_vocab_size, config.depth_config.patch_size_pair[0],
-            float(config.min_depth), float(config.max_depth),
-        )  # fmt: skip
+        return depth_token_ids(metres, batch["depth_mask"], *vocab)
 
     return tokens
 
@@ -349,7 +348,7 @@ def train_model(name: str, model_type: str, modalities: str, overrides: Mapping[
     if "pretraining" in classes and modalities == "rgbd":
         pretraining_config = _config(model_type, settings, data.label_names, **overrides, modalities="rgbd")
         pretraining = classes["pretraining"]._from_config(pretraining_config)
-        tokens = _depth_tokens_for(config, processor) if "matching" in classes else None
+        tokens = _depth_tokens_for(config, processor)
         pretrain_seconds = budget * settings.pretrain_fraction
         record["pretraining"] = pretrain_for(pretraining, splits["train"][0], pretrain_seconds, settings, tokens)
         pretrained_folder = models_dir / f"{name}_pretrained"
@@ -432,22 +431,19 @@ def robustness(model, processor, split, settings: DemoSettings) -> dict[str, Any
 def adversarial_examples(model, processor, inputs, labels, settings: DemoSettings) -> dict[str, torch.Tensor]:
     """Clean and APGD-CE (joint, the AutoAttack budget) RGB in [0, 1] and depth in metres of the first
     `grid_scenes` test scenes, with both predictions."""
-    from .attacks import APGD
+    from .attacks import APGD, physical_inputs
 
     count = settings.grid_scenes
     batch = {key: value[:count] for key, value in inputs.items() if key in ("pixel_values", "depth_values", "depth_mask")}
     attack = APGD(model, threat_budget("joint", *settings.autoattack_budget), steps=settings.apgd_steps,
                   processor=processor, seed=settings.seed)
     adversarial = attack.perturb(batch, labels[:count]).inputs
-    image_processor, depth_processor = processor.image_processor, processor.depth_image_processor
-    mean = torch.tensor(image_processor.image_mean).view(1, -1, 1, 1)
-    std = torch.tensor(image_processor.image_std).view(1, -1, 1, 1)
+    clean, attacked = physical_inputs(batch, processor), physical_inputs(adversarial, processor)
     with torch.no_grad():
         predictions = [model(**b).logits.argmax(-1) for b in (batch, {k: adversarial[k] for k in batch})]
     return {
-        "rgb": batch["pixel_values"] * std + mean, "rgb_adv": adversarial["pixel_values"] * std + mean,
-        "depth": depth_processor.to_metres(batch["depth_values"], batch["depth_mask"]),
-        "depth_adv": depth_processor.to_metres(adversarial["depth_values"], batch["depth_mask"]),
+        "rgb": clean["pixel_values"], "rgb_adv": attacked["pixel_values"],
+        "depth": clean["depth_values"], "depth_adv": attacked["depth_values"],
         "mask": batch["depth_mask"], "labels": labels[:count], "clean_predictions": predictions[0],
         "adversarial_predictions": predictions[1],
     }  # fmt: skip
