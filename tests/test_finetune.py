@@ -26,6 +26,7 @@ from hf_rgbd.training.finetune import (
     default_processor,
     load_finetune_dataset,
     parse_finetune_args,
+    training_augment,
 )
 
 TINY_DATA = [
@@ -117,6 +118,23 @@ def test_every_family_trains_reports_the_three_accuracies_and_saves_a_folder_tha
     classifier = pipeline("rgbd-image-classification", model=str(out))
     first = classifier({"image": data["validation"][0]["image"], "depth": np.asarray(data["validation"][0]["depth"])})
     assert first[0]["label"] == loaded.config.id2label[int(loaded(**{k: v[:1] for k, v in inputs.items()}).logits.argmax())]
+
+
+def test_shift_augmentation_trains_through_the_command_line(tmp_path):
+    results = run_cli(
+        tmp_path, "--model_name_or_path", "rgbd_cnn:small", *TINY_DATA, *FAST, "--augmentation", "shift",
+        "--max_shift", "3",
+    )  # fmt: skip
+    assert np.isfinite(results["train_loss"]) and 0.0 <= results["test_accuracy"] <= 1.0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 * 3
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    shift = training_augment(processor, DataArguments(augmentation="shift", max_shift=3), seed=0)
+    crop = training_augment(processor, DataArguments(), seed=0)
+    assert (shift.p_crop, shift.max_shift) == (0.0, 3) and (crop.p_crop, crop.max_shift) == (1.0, 0)
+    with pytest.raises(SystemExit):  # argparse: a value outside the Literal's choices
+        main(["finetune", "--model_name_or_path", "rgbd_cnn:small", "--augmentation", "rotate",
+              "--output_dir", str(tmp_path / "bad")])  # fmt: skip
 
 
 def _tiny_data():
