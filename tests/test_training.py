@@ -116,6 +116,19 @@ def test_train_classifier_clips_the_gradient_norm(monkeypatch):
     assert all(before > 1e-3 and after == pytest.approx(1e-3, rel=1e-3) for before, after in norms)
 
 
+def test_train_classifier_stops_at_max_seconds(monkeypatch):
+    import hf_rgbd.training.classification as classification
+
+    inputs, labels = random_inputs()
+    clock = iter(range(0, 10_000, 10))  # every perf_counter() call is 10 s after the previous one
+    monkeypatch.setattr(classification.time, "perf_counter", lambda: float(next(clock)))
+    result = train_classifier(tiny_classifier(), inputs, labels, *random_inputs(seed=1), epochs=9, batch_size=8, max_seconds=25)
+    assert len(result.loss_history) == len(result.validation_history) == 3  # 10 s per epoch: stops once at 30 s
+    assert result.train_seconds == 30.0 and 1 <= result.best_epoch <= 3
+    uncapped = train_classifier(tiny_classifier(), inputs, labels, epochs=4, batch_size=8)
+    assert len(uncapped.loss_history) == 4 and uncapped.best_epoch == 4
+
+
 def test_train_classifier_bad_arguments():
     inputs, labels = random_inputs()
     with pytest.raises(ValueError, match="epochs"):
@@ -125,6 +138,9 @@ def test_train_classifier_bad_arguments():
     for max_grad_norm in (0.0, float("nan"), "1.0"):
         with pytest.raises(ValueError, match="max_grad_norm"):
             train_classifier(tiny_classifier(), inputs, labels, max_grad_norm=max_grad_norm)
+    for max_seconds in (0, -1.0, "5"):
+        with pytest.raises(ValueError, match="max_seconds"):
+            train_classifier(tiny_classifier(), inputs, labels, max_seconds=max_seconds)
     with pytest.raises(ValueError, match="pixel_values"):
         train_classifier(tiny_classifier(), {**inputs, "pixel_values": inputs["pixel_values"][:3]}, labels)
 

@@ -102,6 +102,7 @@ def train_classifier(
     log: Callable[[str], None] | None = None,
     max_grad_norm: float | None = None,
     disable_tqdm: bool | None = None,
+    max_seconds: float | None = None,
 ) -> ClassifierTrainingResult:
     """Train `model` in place with AdamW and a one-cycle learning-rate schedule, keeping the best validation epoch.
 
@@ -121,6 +122,8 @@ def train_classifier(
             `max_grad_norm`); None (the default) does not clip.
         disable_tqdm: True hides the progress bar over the training steps (as `TrainingArguments.disable_tqdm`);
             `hf_rgbd.disable_progress_bars()` or `HF_RGBD_DISABLE_PROGRESS_BARS=1` hide it everywhere.
+        max_seconds: a wall-clock cap: training stops after the epoch that brings `train_seconds` to it (the
+            schedule stays sized for `epochs`; `len(result.loss_history)` says how many ran). None: no cap.
 
     Returns:
         [`ClassifierTrainingResult`]; the model is left in eval mode.
@@ -129,6 +132,8 @@ def train_classifier(
     check_int(batch_size, "batch_size", 1)
     if max_grad_norm is not None and not (is_number(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"`max_grad_norm` must be a positive number or None, got {max_grad_norm!r}.")
+    if max_seconds is not None and not (is_number(max_seconds) and max_seconds > 0):
+        raise ValueError(f"`max_seconds` must be a positive number or None, got {max_seconds!r}.")
     if (validation_inputs is None) != (validation_labels is None):
         raise ValueError("pass both `validation_inputs` and `validation_labels`, or neither.")
     count = train_labels.shape[0]
@@ -184,10 +189,12 @@ def train_classifier(
             bar.set_postfix(postfix, refresh=False)
             if log is not None:
                 log(line)
+            if max_seconds is not None and result.train_seconds >= max_seconds:
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
-        result.best_epoch = epochs
+        result.best_epoch = len(result.loss_history)
     model.eval()
     return result
 
