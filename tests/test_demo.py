@@ -133,6 +133,12 @@ def test_demo_refuses_an_unwritable_output_dir(tmp_path, capsys):
     assert blocker.read_text() == "not a directory"
 
 
+def test_demo_refuses_a_worker_count_below_one(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path / "out"), "--quick", "--workers", "0"]) == 2
+    assert "--workers must be a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_reports_a_corrupted_reused_model_folder(quick_demo, tmp_path, capsys):
     output, _ = quick_demo
     copy = tmp_path / "corrupted"

@@ -17,9 +17,12 @@ def demo(args: argparse.Namespace) -> int:
     the report, plots, `results.json` and the models to `--output-dir` (see `hf_rgbd.demo`)."""
     from .demo import DemoError, run_demo
 
+    if args.workers is not None and args.workers < 1:
+        print(f"hf-rgbd demo: error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
+        return 2
     try:
         with _progress_and_threads(args):
-            results = run_demo(args.output_dir, quick=args.quick, threads=args.threads)
+            results = run_demo(args.output_dir, quick=args.quick, threads=args.threads, workers=args.workers)
     except DemoError as err:
         print(f"hf-rgbd demo: error: {err}", file=sys.stderr)
         return 2
@@ -298,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--output-dir", required=True, help="where the report and models go (reused on re-runs)")
     demo_parser.add_argument("--quick", action="store_true", help="a reduced run (tiny models, fewer scenes; ~2 min)")
     add_thread_and_progress_arguments(demo_parser, "the budgets are wall-clock, so the accuracies depend on it")
+    demo_parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="models trained at once, each in its own process with --threads threads (default: one per CPU, at "
+        "most 2)",
+    )
     demo_parser.set_defaults(handler=demo)
     app_parser = commands.add_parser(
         "app", help="a Gradio app on 127.0.0.1: upload an RGB-D pair, pick a model and an attack, see the result"

@@ -75,12 +75,13 @@ class DemoSettings:
     `train_seconds` is each model's training budget (pretraining included), `ladder` the (RGB intensity, depth
     metres) budgets of the APGD-CE curves, `autoattack_budget` the joint budget of the ensemble."""
 
-    image_size: int = 64
+    image_size: int = 32
     config_size: str = "small"  # of the transformer families ("tiny" for the quick run); the CNNs use "small"
+    vit_layers: int = 2  # layers of every transformer tower / trunk (16 patches of image_size / 4)
     num_train: int = 2000
     num_validation: int = 500
     num_test: int = 1000
-    train_seconds: float = 20.0
+    train_seconds: float = 45.0
     pretrain_fraction: float = 0.25
     batch_size: int = 64
     attack_samples: int = 100
@@ -250,8 +251,9 @@ def pretrain_for(
 
 
 def train_for(model, train, validation, seconds: float, settings: DemoSettings) -> dict[str, Any]:
-    """`train_classifier` for as many epochs as fit `seconds` (one measured step times the steps per epoch, plus
-    the validation pass), at least one; returns what it measured."""
+    """`train_classifier` for the number of epochs nearest to what fits `seconds` (one measured step times the
+    steps per epoch, plus the validation pass), at least one, stopping after the epoch that reaches `seconds`;
+    returns what it measured."""
     from .training import train_classifier
 
     inputs, labels = train
@@ -268,13 +270,14 @@ def train_for(model, train, validation, seconds: float, settings: DemoSettings) 
     step_seconds = _step_seconds(model, step)
     steps_per_epoch = -(-count // settings.batch_size)
     validation_seconds = step_seconds * validation[1].shape[0] / settings.batch_size / 3  # forward only
-    epochs = max(1, int(seconds / (step_seconds * steps_per_epoch + validation_seconds)))
+    epochs = max(1, round(seconds / (step_seconds * steps_per_epoch + validation_seconds)))
     result = train_classifier(
         model, inputs, labels, *validation, epochs=epochs, batch_size=settings.batch_size, seed=settings.seed,
-        max_grad_norm=1.0, disable_tqdm=True,
+        max_grad_norm=1.0, disable_tqdm=True, max_seconds=seconds if seconds > 0 else None,
     )  # fmt: skip
     return {
-        "epochs": epochs, "seconds": result.train_seconds, "best_epoch": result.best_epoch,
+        "epochs": len(result.loss_history), "scheduled_epochs": epochs, "seconds": result.train_seconds,
+        "best_epoch": result.best_epoch,
         "best_validation_accuracy": result.best_validation_accuracy,
     }  # fmt: skip
 
@@ -616,7 +619,8 @@ def write_report(results: dict[str, Any], settings: DemoSettings, output: Path) 
         f"Synthetic scenes (`make_synthetic_rgbd`, {settings.num_train} / {settings.num_validation} / {settings.num_test} "
         f"scenes at {settings.image_size}x{settings.image_size}, seed {settings.seed}); every model trained for "
         f"{settings.train_seconds:g} s of wall-clock time (the transformer families spend {settings.pretrain_fraction:.0%} "
-        f"of it pretraining). Run: {results['wall_seconds']:.0f} s on {results['threads']} thread(s)"
+        f"of it pretraining). Run: {results['wall_seconds']:.0f} s, "
+        f"{results.get('workers', 1)} model(s) at a time on {results['threads']} thread(s) each"
         + (" (quick)." if results["quick"] else "."),
         "",
         "## Clean accuracy",
@@ -685,8 +689,101 @@ def write_report(results: dict[str, Any], settings: DemoSettings, output: Path) 
 
 
 # ---------------------------------------------------------------------------------------------------------- run
+def _model_job(job: tuple, data: DemoData, models_dir: Path) -> tuple[str, str, dict[str, Any], dict | None, list[str]]:
+    """Train (or reuse), evaluate and, for a family, attack one model: (group, name, record, examples, label names)."""
+    group, name, model_type, modalities, overrides, cached = job
+    settings = data.settings
+    overrides = {**_size_overrides(model_type, settings), **overrides}
+    model, processor, record = train_model(name, model_type, modalities, overrides, data, models_dir, cached)
+    record = dict(record)
+    test_inputs, test_labels = data.inputs(processor)["test"]
+    if "clean" not in record:
+        record["clean"] = clean_accuracies(model, test_inputs, test_labels, modalities)
+    example = None
+    if group == "families":
+        spec = next(spec for spec in FAMILIES if spec.name == name)
+        record["title"] = spec.title
+        if "robustness" not in record:
+            record["robustness"] = robustness(model, processor, data.splits["test"], settings)
+        if "pretrained_folder" in record and "retrieval" not in record:
+            record["retrieval"] = retrieval_and_matching(record, data)
+        example = adversarial_examples(model, processor, test_inputs, test_labels, settings)
+    return group, name, record, example, data.label_names
+
+
+_WORKER_DATA: dict[str, DemoData] = {}  # the synthetic splits of a worker process, made once by `_start_worker`
+
+
+def _start_worker(settings: DemoSettings, threads: int, bars_disabled: bool) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    from .utils import disable_progress_bars
+
+    torch.set_num_threads(threads)
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    if bars_disabled:
+        disable_progress_bars()
+    _WORKER_DATA["data"] = DemoData(settings, threads)
+
+
+def _worker_job(job: tuple, models_dir: Path):
+    return _model_job(job, _WORKER_DATA["data"], models_dir)
+
+
+def default_workers() -> int:
+    """Models trained at once by default: one per CPU this process may use, at most 2 (the demo's budgets are
+    sized for the 2-core machine: more workers would shorten the run, not change a figure)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cpus))
+
+
+def _run_jobs(jobs: list[tuple], settings: DemoSettings, models_dir: Path, threads: int | None, workers: int):
+    """Yield `_model_job`'s result for every job, as each finishes: in this process when `workers` is 1, else in
+    `workers` spawned processes of `threads` torch threads each (every model's budget is its own wall clock, so a
+    worker per core trains each model as one process alone would)."""
+    if workers == 1:
+        data = DemoData(settings, threads)
+        for job in jobs:
+            yield _model_job(job, data, models_dir)
+        return
+    import multiprocessing
+
+    from .utils import are_progress_bars_disabled
+
+    context = multiprocessing.get_context("spawn")
+    per_worker = threads if threads is not None else 1
+    with context.Pool(workers, _start_worker, (settings, per_worker, are_progress_bars_disabled())) as pool:
+        results = [pool.apply_async(_worker_job, (job, models_dir)) for job in jobs]
+        pending = list(results)
+        while pending:
+            finished = [result for result in pending if result.ready()]
+            if not finished:
+                time.sleep(0.2)
+                continue
+            for result in finished:
+                pending.remove(result)
+                yield result.get()  # a worker's error (e.g. DemoError) is raised here, and the pool is terminated
+        pool.close()
+        pool.join()
+
+
+def _size_overrides(model_type: str, settings: DemoSettings) -> dict[str, Any]:
+    """Config overrides that size the transformer families for the demo: towers of `settings.vit_layers` layers
+    at `settings.image_size` with 16 patches, one fusion layer (fusion encoder) or one layer of fusion experts."""
+    if model_type == "rgbd_cnn":
+        return {}
+    tower = {"image_size": settings.image_size, "patch_size": settings.image_size // 4, "num_hidden_layers": settings.vit_layers}
+    overrides: dict[str, Any] = {"rgb_config": tower, "depth_config": tower}
+    if model_type == "rgbd_vlmo":
+        overrides["num_fusion_layers"] = 1
+    if model_type == "rgbd_albef":
+        overrides["fusion_config"] = {**tower, "num_hidden_layers": 1}
+    return overrides
+
+
 def run_demo(output_dir: str | os.PathLike, quick: bool = False, threads: int | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = print, workers: int | None = None) -> dict[str, Any]:
     """The whole demo (see the module docstring); returns what `results.json` holds. transformers' own loading
     bars and load reports (the new classifier heads are expected) are silenced while it runs."""
     from transformers.utils import logging as transformers_logging
@@ -695,16 +792,17 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, threads: int | 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     try:
-        return _run_demo(output_dir, quick, threads, log)
+        return _run_demo(output_dir, quick, threads, log, default_workers() if workers is None else workers)
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
 
 
-def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, log: Callable[[str], None]):
-    from .utils import progress_bar
+def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, log: Callable[[str], None], workers: int):
+    from .utils import check_int, progress_bar
 
+    check_int(workers, "workers", 1)
     start = time.perf_counter()
     output = check_output_dir(output_dir)
     models_dir = output / "models"
@@ -722,7 +820,7 @@ def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, l
             previous = {}
     results: dict[str, Any] = {
         "schema_version": RESULTS_SCHEMA_VERSION, "settings": settings_dict(settings), "quick": quick,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if workers == 1 else (threads or 1), "workers": workers,
         # what a previous run with these settings computed stays until this run has redone it
         "families": dict(previous.get("families", {})), "references": dict(previous.get("references", {})),
     }  # fmt: skip
@@ -730,36 +828,24 @@ def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, l
     def save() -> None:
         write_atomic(results_path, json.dumps({"wall_seconds": time.perf_counter() - start, **results}, indent=2))
 
-    data = DemoData(settings, threads)
-    jobs = [("references", name, model_type, modality, {}) for name, model_type, modality in REFERENCES]
-    jobs += [("families", spec.name, spec.model_type, "rgbd", dict(spec.overrides)) for spec in FAMILIES]
-    examples = {}
+    # the families first: they are attacked too, so the longest jobs start first
+    jobs = [("families", spec.name, spec.model_type, "rgbd", dict(spec.overrides)) for spec in FAMILIES]
+    jobs += [("references", name, model_type, modality, {}) for name, model_type, modality in REFERENCES]
+    jobs = [(*job, previous.get(job[0], {}).get(job[1])) for job in jobs]
+    examples, label_names = {}, None
     with progress_bar(total=len(jobs), desc="Demo", unit="model") as bar:
-        for group, name, model_type, modalities, overrides in jobs:
-            cached = previous.get(group, {}).get(name)
-            bar.set_postfix_str(f"{name}: {'reusing' if cached else 'training'}")
-            model, processor, record = train_model(name, model_type, modalities, overrides, data, models_dir, cached)
-            record = dict(record)
-            test_inputs, test_labels = data.inputs(processor)["test"]
-            if "clean" not in record:
-                record["clean"] = clean_accuracies(model, test_inputs, test_labels, modalities)
-            if group == "families":
-                spec = next(spec for spec in FAMILIES if spec.name == name)
-                record["title"] = spec.title
-                if "robustness" not in record:
-                    bar.set_postfix_str(f"{name}: attacking")
-                    record["robustness"] = robustness(model, processor, data.splits["test"], settings)
-                if "pretrained_folder" in record and "retrieval" not in record:
-                    record["retrieval"] = retrieval_and_matching(record, data)
-                examples[name] = adversarial_examples(model, processor, test_inputs, test_labels, settings)
+        for group, name, record, example, label_names in _run_jobs(jobs, settings, models_dir, threads, workers):
             results[group][name] = record
+            if example is not None:
+                examples[name] = example
             save()
+            bar.set_postfix_str(f"{name} done")
             bar.update()
             log(f"{name}: " + ", ".join(f"{key} {_percent(value)}" for key, value in record["clean"].items()))
     figures = [plot_accuracy(results, output / "accuracy.png"), plot_robustness(results, settings, output / "robustness.png")]
     for name, example in examples.items():
         title = f"{results['families'][name]['title']}: APGD-CE, joint budget"
-        figures.append(plot_examples(example, title, data.label_names, output / f"examples_{name}.png"))
+        figures.append(plot_examples(example, title, label_names, output / f"examples_{name}.png"))
     if any("retrieval" in row for row in results["families"].values()):
         figures.append(plot_retrieval(results, output / "retrieval.png"))
     results["figures"] = figures
