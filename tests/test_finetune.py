@@ -143,6 +143,16 @@ def _tiny_data():
     )
 
 
+def test_the_synthetic_scenes_do_not_follow_the_training_seed():
+    sizes = dict(synthetic_num_train=6, synthetic_num_validation=2, synthetic_num_test=2, synthetic_image_size=16)
+    first = load_finetune_dataset(DataArguments(**sizes), seed=0)
+    same = load_finetune_dataset(DataArguments(**sizes), seed=42)  # `hf-rgbd finetune`'s default --seed
+    other = load_finetune_dataset(DataArguments(**sizes, synthetic_seed=1), seed=0)
+    depth = lambda data: np.asarray(data["train"].with_format("numpy")["depth"])  # noqa: E731
+    np.testing.assert_array_equal(depth(first), depth(same))
+    assert not np.array_equal(depth(first), depth(other))
+
+
 def test_a_single_modality_model_reports_only_the_accuracy_it_can_have(tmp_path):
     results = run_cli(tmp_path, "--model_name_or_path", "rgbd_clip:tiny", "--modalities", "rgb", *TINY_DATA, *FAST)
     assert "eval_accuracy_without_rgb" not in results

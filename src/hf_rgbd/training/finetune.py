@@ -165,6 +165,13 @@ class DataArguments:
     synthetic_num_validation: int = field(default=500, metadata={"help": "synthetic: scenes in validation."})
     synthetic_num_test: int = field(default=1000, metadata={"help": "synthetic: scenes in test."})
     synthetic_image_size: int = field(default=64, metadata={"help": "synthetic: side of the rendered scenes."})
+    synthetic_seed: int = field(
+        default=0,
+        metadata={
+            "help": "synthetic: seed of the rendered scenes (a fixed data set, whatever --seed: `hf-rgbd pretrain` "
+            "and `hf-rgbd finetune` see the same scenes, those of `make_synthetic_rgbd()`)."
+        },
+    )
     num_proc: int | None = field(default=None, metadata={"help": "Processes the loaders write Arrow files with."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where the loaders write Arrow files."})
 
@@ -190,7 +197,8 @@ def _split_files(pairs: Sequence[str] | None) -> dict[str, str] | None:
 
 def load_finetune_dataset(data_args: DataArguments, seed: int = 0):
     """The `DatasetDict` `data_args` names, with a `validation` split (carved from `train` with `train_val_split`
-    when the data set has none) and truncated as `max_train_samples` / `max_eval_samples` ask."""
+    and `seed` when the data set has none) and truncated as `max_train_samples` / `max_eval_samples` ask. The
+    synthetic scenes come from `data_args.synthetic_seed`, not from `seed`."""
     import datasets
 
     from ..data import load_nyuv2, load_rgbd_folder, load_sunrgbd, make_synthetic_rgbd
@@ -207,7 +215,8 @@ def load_finetune_dataset(data_args: DataArguments, seed: int = 0):
     if data_args.dataset == "synthetic":
         data = make_synthetic_rgbd(
             num_train=data_args.synthetic_num_train, num_validation=data_args.synthetic_num_validation,
-            num_test=data_args.synthetic_num_test, image_size=data_args.synthetic_image_size, seed=seed,
+            num_test=data_args.synthetic_num_test, image_size=data_args.synthetic_image_size,
+            seed=data_args.synthetic_seed,
         )
     elif data_args.dataset == "nyuv2":
         data = load_nyuv2(
