@@ -34,6 +34,8 @@ from hf_rgbd import RgbdClipConfig, RgbdClipForImageClassification, RgbdClipMode
 from hf_rgbd.data import RgbdAugment, make_synthetic_rgbd
 from hf_rgbd.evaluation import retrieval_metrics
 from hf_rgbd.training import classification_accuracy, train_classifier
+from hf_rgbd.training.finetune import DataArguments, default_processor, training_augment
+from hf_rgbd.training.pretrain import PretrainingRows
 from hf_rgbd.training.pretrain import (
     pretraining_optimizer as contrastive_optimizer,  # the `hf-rgbd pretrain` optimizer
 )
@@ -85,16 +87,21 @@ class Batcher:
         augment: RgbdAugment | None,
         image_mean: list[float],
         image_std: list[float],
+        sample_seeds=None,
     ):
         self.depth_processor = depth_processor
         self.augment = augment
         self.image_mean = torch.tensor(image_mean).view(1, 3, 1, 1)
         self.image_std = torch.tensor(image_std).view(1, 3, 1, 1)
+        # `sample_seeds(index)`: one augmentation seed per row (`PretrainingRows.sample_seed`, as `hf-rgbd
+        # pretrain` draws them); None: the augmentation's own generator, shared by the batch
+        self.sample_seeds = sample_seeds
 
     def __call__(self, split: dict[str, torch.Tensor], index: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
         image, depth = split["image"][index], split["depth"][index]
         if train and self.augment is not None:
-            out = self.augment({"image": image, "depth": depth, "depth_mask": depth > 0})
+            seeds = None if self.sample_seeds is None else self.sample_seeds(index)
+            out = self.augment({"image": image, "depth": depth, "depth_mask": depth > 0}, seeds=seeds)
             image, depth, mask = out["image"], out["depth"], out["depth_mask"]
         else:
             image = image.float() / 255.0
@@ -123,11 +130,20 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
 
 # ------------------------------------------------------------------------------------------------------ stages
 def pretrain(
-    model: RgbdClipModel, train: dict[str, torch.Tensor], validation_inputs: dict[str, torch.Tensor], batcher, args
+    model: RgbdClipModel,
+    train: dict[str, torch.Tensor],
+    validation_inputs: dict[str, torch.Tensor],
+    batcher,
+    args,
+    rows: PretrainingRows,
 ) -> float:
     """ITC pretraining in place on the raw `train` split (augmented per batch); `validation_inputs` are the
-    processed validation pairs for the periodic retrieval check. Returns the wall time in seconds (validation
-    retrieval excluded)."""
+    processed validation pairs for the periodic retrieval check. The random streams are `hf-rgbd pretrain`'s: the
+    order of epoch `e` is a permutation drawn from a generator seeded `seed + e` (accelerate's seedable sampler),
+    each row's augmentation comes from `rows.sample_seed` in that epoch, and the schedule is transformers'
+    `get_scheduler("cosine")` with 5% warm-up. Returns the wall time in seconds (validation retrieval excluded)."""
+    from transformers import get_scheduler
+
     count = train["label"].shape[0]
     if not 1 <= args.pretrain_batch_size <= count:
         raise ValueError(
@@ -136,13 +152,13 @@ def pretrain(
     steps_per_epoch = count // args.pretrain_batch_size
     total = steps_per_epoch * args.pretrain_epochs
     optimizer = contrastive_optimizer(model, args.pretrain_lr, args.weight_decay, args.logit_scale_lr_factor)
-    scheduler = warmup_cosine(optimizer, total, max(1, int(0.05 * total)))
-    generator = torch.Generator().manual_seed(args.seed)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, int(0.05 * total)), num_training_steps=total)
     train_seconds = 0.0
     for epoch in range(args.pretrain_epochs):
         start = time.perf_counter()
         model.train()
-        order = torch.randperm(count, generator=generator)
+        rows.set_epoch(epoch)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(args.seed + epoch))
         losses = []
         for step in range(steps_per_epoch):
             index = order[step * args.pretrain_batch_size : (step + 1) * args.pretrain_batch_size]
@@ -237,24 +253,19 @@ def main() -> None:
     data = load_data(args.data_cache)
     sizes = ", ".join(f"{name} {split['label'].shape[0]}" for name, split in data.items())
     print(f"data: {sizes} ({time.perf_counter() - start:.0f} s, not counted)", flush=True)
-    stats = dataset_statistics(data["train"])
-    depth_processor = RgbdDepthProcessor(
-        representation="dataset",
-        depth_mean=stats["depth_mean"],
-        depth_std=stats["depth_std"],
-        min_depth=0.1,
-        max_depth=20.0,
+    # `hf-rgbd pretrain`'s processor (`default_processor`: its RGB statistics, depth range and depth mean / std
+    # from the train split) and its per-row augmentation seeds, so that both runs see the same inputs
+    dataset = make_synthetic_rgbd(num_threads=args.threads)
+    processor = default_processor(RgbdClipConfig.small(), dataset["train"], 64)
+    rows = PretrainingRows(dataset["train"], processor, seed=args.seed)
+    augment = training_augment(
+        processor, DataArguments(crop_scale=args.crop_scale, colour_jitter=args.colour_jitter), args.seed
     )
-    augment = RgbdAugment(
-        output_size=64,
-        crop_scale=(args.crop_scale, 1.0),
-        p_flip=0.5,
-        brightness=args.colour_jitter,
-        contrast=args.colour_jitter,
-        saturation=args.colour_jitter,
-        generator=args.seed,
-    )
-    batcher = Batcher(depth_processor, augment, stats["image_mean"], stats["image_std"])
+    image_processor = processor.image_processor
+    batcher = Batcher(
+        processor.depth_image_processor, augment, image_processor.image_mean, image_processor.image_std,
+        sample_seeds=lambda index: [rows.sample_seed(row) for row in index.tolist()],
+    )  # fmt: skip
     inputs = {split: batcher.whole_split(data[split]) for split in data}
     labels = {split: data[split]["label"] for split in data}
     cpu_start = time.process_time()
@@ -267,7 +278,7 @@ def main() -> None:
         f"{data['train']['label'].shape[0] // args.pretrain_batch_size} steps (batch {args.pretrain_batch_size})",
         flush=True,
     )
-    pretrain_seconds = pretrain(model, data["train"], inputs["validation"], batcher, args)
+    pretrain_seconds = pretrain(model, data["train"], inputs["validation"], batcher, args, rows)
 
     # 2. retrieval, the whole test split as gallery
     start = time.perf_counter()
