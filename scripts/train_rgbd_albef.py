@@ -260,7 +260,7 @@ def completion_evaluation(folder: Path, data, inputs, batcher: AlbefBatcher, rat
     return result
 
 
-def finetune(folder, variant, inputs, labels, args, seed, scratch_config=None, epochs=None):
+def finetune(folder, variant, inputs, labels, args, seed, scratch_config=None, epochs=None, max_seconds=None):
     fused = variant == "rgbd"
     settings = dict(
         num_labels=NUM_LABELS,
@@ -277,12 +277,12 @@ def finetune(folder, variant, inputs, labels, args, seed, scratch_config=None, e
         classifier, inputs["train"], labels["train"], inputs["validation"], labels["validation"],
         epochs=epochs or args.finetune_epochs, batch_size=args.finetune_batch_size, learning_rate=args.finetune_lr,
         weight_decay=args.weight_decay, max_shift=args.finetune_max_shift, seed=seed, max_grad_norm=args.max_grad_norm,
-        disable_tqdm=True,
+        disable_tqdm=True, max_seconds=max_seconds,
     )
     row = {
         "test_accuracy": float((predict(classifier, inputs["test"]) == labels["test"]).float().mean()),
         "finetune_seconds": run.train_seconds,
-        "epochs": epochs or args.finetune_epochs,
+        "epochs": len(run.loss_history),
         "best_epoch": run.best_epoch,
     }
     if fused:
@@ -456,14 +456,18 @@ def run_finetuning(seed: int, variant: str, args) -> dict:
 
 def run_scratch(seed: int, args, budget: float, fused_finetune_seconds: float) -> dict:
     """The fused classifier trained from scratch for as many epochs as fit `budget` seconds, the seed's pretraining
-    + fused fine-tuning wall time (measured under the same worker setting)."""
+    + fused fine-tuning wall time (measured under the same worker setting): the schedule is sized by the fused
+    fine-tuning's time per epoch, and training stops once `budget` seconds are spent (the other worker's load
+    can make an epoch slower than it was then)."""
     torch.set_num_threads(worker_threads(args))
     setup = Setup(args)
     inputs, labels = setup.inputs()
     epochs = max(1, round(args.finetune_epochs * budget / fused_finetune_seconds))
-    scratch = finetune(pretrained_folder(args, seed), "rgbd", inputs, labels, args, seed, scratch_config=setup.config_fields, epochs=epochs)
+    scratch = finetune(pretrained_folder(args, seed), "rgbd", inputs, labels, args, seed, scratch_config=setup.config_fields,
+                       epochs=epochs, max_seconds=budget)
+    scratch["scheduled_epochs"] = epochs
     scratch["budget_seconds"] = budget
-    print(f"  [seed {seed}] fused from scratch, {epochs} epochs: test accuracy {100 * scratch['test_accuracy']:.1f}% "
+    print(f"  [seed {seed}] fused from scratch, {scratch['epochs']} of {epochs} epochs: test accuracy {100 * scratch['test_accuracy']:.1f}% "
           f"({scratch['finetune_seconds']:.0f} s, budget {budget:.0f} s)", flush=True)
     return scratch
 
