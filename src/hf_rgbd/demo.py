@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -690,8 +691,8 @@ def write_report(results: dict[str, Any], settings: DemoSettings, output: Path) 
 
 
 # ---------------------------------------------------------------------------------------------------------- run
-def _model_job(job: tuple, data: DemoData, models_dir: Path) -> tuple[str, str, dict[str, Any], dict | None, list[str]]:
-    """Train (or reuse), evaluate and, for a family, attack one model: (group, name, record, examples, label names)."""
+def _model_job(job: tuple, data: DemoData, models_dir: Path) -> tuple[str, str, dict[str, Any], dict | None]:
+    """Train (or reuse), evaluate and, for a family, attack one model: (group, name, record, examples)."""
     group, name, model_type, modalities, overrides, cached = job
     settings = data.settings
     overrides = {**_size_overrides(model_type, settings), **overrides}
@@ -709,7 +710,7 @@ def _model_job(job: tuple, data: DemoData, models_dir: Path) -> tuple[str, str, 
         if "pretrained_folder" in record and "retrieval" not in record:
             record["retrieval"] = retrieval_and_matching(record, data)
         example = adversarial_examples(model, processor, test_inputs, test_labels, settings)
-    return group, name, record, example, data.label_names
+    return group, name, record, example
 
 
 _WORKER_DATA: dict[str, DemoData] = {}  # the synthetic splits of a worker process, made once by `_start_worker`
@@ -755,16 +756,9 @@ def _run_jobs(jobs: list[tuple], settings: DemoSettings, models_dir: Path, threa
     context = multiprocessing.get_context("spawn")
     per_worker = threads if threads is not None else 1
     with context.Pool(workers, _start_worker, (settings, per_worker, are_progress_bars_disabled())) as pool:
-        results = [pool.apply_async(_worker_job, (job, models_dir)) for job in jobs]
-        pending = list(results)
-        while pending:
-            finished = [result for result in pending if result.ready()]
-            if not finished:
-                time.sleep(0.2)
-                continue
-            for result in finished:
-                pending.remove(result)
-                yield result.get()  # a worker's error (e.g. DemoError) is raised here, and the pool is terminated
+        # jobs handed out in order (the longest first), results as they finish; a worker's error (e.g. DemoError)
+        # is raised here, and leaving the block terminates the pool
+        yield from pool.imap_unordered(functools.partial(_worker_job, models_dir=models_dir), jobs)
         pool.close()
         pool.join()
 
@@ -801,6 +795,7 @@ def run_demo(output_dir: str | os.PathLike, quick: bool = False, threads: int | 
 
 
 def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, log: Callable[[str], None], workers: int):
+    from .data.synthetic import CLASS_NAMES  # the synthetic scenes' label names
     from .utils import check_int, progress_bar
 
     check_int(workers, "workers", 1)
@@ -833,9 +828,9 @@ def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, l
     jobs = [("families", spec.name, spec.model_type, "rgbd", dict(spec.overrides)) for spec in FAMILIES]
     jobs += [("references", name, model_type, modality, {}) for name, model_type, modality in REFERENCES]
     jobs = [(*job, previous.get(job[0], {}).get(job[1])) for job in jobs]
-    examples, label_names = {}, None
+    examples = {}
     with progress_bar(total=len(jobs), desc="Demo", unit="model") as bar:
-        for group, name, record, example, label_names in _run_jobs(jobs, settings, models_dir, threads, workers):
+        for group, name, record, example in _run_jobs(jobs, settings, models_dir, threads, workers):
             results[group][name] = record
             if example is not None:
                 examples[name] = example
@@ -846,7 +841,7 @@ def _run_demo(output_dir: str | os.PathLike, quick: bool, threads: int | None, l
     figures = [plot_accuracy(results, output / "accuracy.png"), plot_robustness(results, settings, output / "robustness.png")]
     for name, example in examples.items():
         title = f"{results['families'][name]['title']}: APGD-CE, joint budget"
-        figures.append(plot_examples(example, title, label_names, output / f"examples_{name}.png"))
+        figures.append(plot_examples(example, title, list(CLASS_NAMES), output / f"examples_{name}.png"))
     if any("retrieval" in row for row in results["families"].values()):
         figures.append(plot_retrieval(results, output / "retrieval.png"))
     results["figures"] = figures
