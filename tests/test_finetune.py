@@ -151,6 +151,8 @@ def test_the_synthetic_scenes_do_not_follow_the_training_seed():
     depth = lambda data: np.asarray(data["train"].with_format("numpy")["depth"])  # noqa: E731
     np.testing.assert_array_equal(depth(first), depth(same))
     assert not np.array_equal(depth(first), depth(other))
+    with pytest.raises(ValueError, match="--synthetic_seed must be a non-negative integer, got -1"):
+        load_finetune_dataset(DataArguments(**sizes, synthetic_seed=-1))
 
 
 def test_a_single_modality_model_reports_only_the_accuracy_it_can_have(tmp_path):

@@ -207,6 +207,8 @@ def load_finetune_dataset(data_args: DataArguments, seed: int = 0):
         raise ValueError(f"--dataset must be one of {DATASETS}, got {data_args.dataset!r}.")
     if data_args.dataset != "synthetic" and not data_args.dataset_path:
         raise ValueError(f"--dataset {data_args.dataset} needs --dataset_path.")
+    if data_args.dataset == "synthetic" and not (isinstance(data_args.synthetic_seed, int) and data_args.synthetic_seed >= 0):
+        raise ValueError(f"--synthetic_seed must be a non-negative integer, got {data_args.synthetic_seed!r}.")
     for name in ("max_train_samples", "max_eval_samples"):
         limit = getattr(data_args, name)
         if limit is not None and limit < 1:
