@@ -44,12 +44,12 @@ BUDGET_SECONDS = 600.0
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def load_data(cache: str | None) -> dict[str, dict[str, torch.Tensor]]:
-    """`make_synthetic_rgbd()` (defaults) as tensors per split: `image` uint8 (N, 3, 64, 64), `depth` metres
-    (N, 1, 64, 64) with 0 at holes, `label` (N,)."""
+def load_data(cache: str | None, dataset=None) -> dict[str, dict[str, torch.Tensor]]:
+    """`make_synthetic_rgbd()` (defaults; or `dataset`, those scenes already made) as tensors per split: `image`
+    uint8 (N, 3, 64, 64), `depth` metres (N, 1, 64, 64) with 0 at holes, `label` (N,)."""
     if cache and os.path.exists(cache):
         return torch.load(cache)
-    dataset = make_synthetic_rgbd()
+    dataset = make_synthetic_rgbd() if dataset is None else dataset
     data = {}
     for split, table in dataset.items():
         images = np.stack([np.asarray(image) for image in table["image"]])
@@ -250,12 +250,13 @@ def main() -> None:
     load_start = ", ".join(f"{value:.1f}" for value in os.getloadavg())
 
     start = time.perf_counter()
-    data = load_data(args.data_cache)
+    # the scenes as `hf-rgbd pretrain` reads them: its processor (`default_processor`: RGB statistics, depth range
+    # and depth mean / std from the train split) and its per-row augmentation seeds come from them, so that both
+    # runs see the same inputs
+    dataset = make_synthetic_rgbd(num_threads=args.threads)
+    data = load_data(args.data_cache, dataset)
     sizes = ", ".join(f"{name} {split['label'].shape[0]}" for name, split in data.items())
     print(f"data: {sizes} ({time.perf_counter() - start:.0f} s, not counted)", flush=True)
-    # `hf-rgbd pretrain`'s processor (`default_processor`: its RGB statistics, depth range and depth mean / std
-    # from the train split) and its per-row augmentation seeds, so that both runs see the same inputs
-    dataset = make_synthetic_rgbd(num_threads=args.threads)
     processor = default_processor(RgbdClipConfig.small(), dataset["train"], 64)
     rows = PretrainingRows(dataset["train"], processor, seed=args.seed)
     augment = training_augment(
