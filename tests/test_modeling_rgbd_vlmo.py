@@ -223,7 +223,7 @@ def test_classifier_loads_a_pretraining_folder_and_reports_only_its_head(tmp_pat
     classifier, info = RgbdVlmoForImageClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
     assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
     assert info["unexpected_keys"] == [] or all(
-        k.startswith(("itm_head", "mdm_head")) for k in info["unexpected_keys"]
+        k.startswith(("itm_head", "mdm_head", "mim_head")) for k in info["unexpected_keys"]
     )
     for key, value in classifier.rgbd_vlmo.state_dict().items():
         assert torch.equal(value, pretraining.rgbd_vlmo.state_dict()[key]), key
@@ -246,7 +246,8 @@ def test_pretraining_losses_negatives_and_bad_inputs():
     for negatives in (out.negative_depth_index, out.negative_rgb_index):
         assert (negatives != own).all() and (scenes[negatives] != scenes).all()
     out.loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # every parameter but the RGB-only step's pixel head takes part in the paired step
+    assert all(p.grad is not None for name, p in model.named_parameters() if not name.startswith("mim_head."))
     with pytest.raises(ValueError, match="batch of one"):
         model(**{k: v[:1] for k, v in inputs.items()})
     with pytest.raises(ValueError, match="depth_token_ids"):
@@ -280,6 +281,81 @@ def test_matching_scores_and_cosine_similarities():  # MatchingObjective: tests/
     torch.testing.assert_close(cosine, rgb @ depth.t())
     with pytest.raises(ValueError, match="use_itm_head"):
         model(**inputs, use_itm_head="yes")
+
+
+# ------------------------------------------------------------------------------------------ unimodal stage steps
+def mim_head_input(model, pixel_values: torch.Tensor, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token states the pixel head reads in an RGB-only step, and the step's mask (the same draw per seed)."""
+    seen = []
+    handle = model.mim_head.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    torch.manual_seed(seed)
+    out = model(pixel_values=pixel_values)
+    handle.remove()
+    return seen[0], out.mim_mask
+
+
+def gradients_reach(model, loss: torch.Tensor) -> set[str]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_rgb_alone_is_masked_image_modelling_that_never_sees_the_masked_patches():
+    torch.manual_seed(0)
+    config = tiny_config(mim_mask_ratio=0.25)
+    model = RgbdVlmoForPreTraining(config).train()
+    pixels = torch.randn(3, 3, SIZE, SIZE)
+    torch.manual_seed(3)
+    out = model(pixel_values=pixels)
+    num_patches = TOKENS - 1
+    assert out.mim_mask.shape == (3, num_patches) and (out.mim_mask.sum(1) == round(0.25 * num_patches)).all()
+    assert out.loss_itc is None and out.loss_itm is None and out.loss_mdm is None
+    torch.testing.assert_close(out.loss, out.loss_mim)
+    reached = gradients_reach(model, out.loss)
+    assert "mim_head.weight" in reached and any(name.startswith("rgbd_vlmo.rgb_embeddings.") for name in reached)
+    assert any(".experts.rgb." in name for name in reached) and any(".attention." in name for name in reached)
+    assert not any("depth" in name or name.startswith(("mdm_head.", "itm_head.")) for name in reached)
+
+    states, mask = mim_head_input(model, pixels)
+    pixel_mask = mask.view(3, 1, SIZE // PATCH, SIZE // PATCH).repeat_interleave(PATCH, 2).repeat_interleave(PATCH, 3)
+    masked_changed = pixels + 5.0 * torch.randn_like(pixels) * pixel_mask
+    states_masked_changed, same_mask = mim_head_input(model, masked_changed)
+    assert torch.equal(mask, same_mask)
+    torch.testing.assert_close(states_masked_changed, states, atol=0, rtol=0)  # blanked: invisible
+    visible_changed = pixels + 5.0 * torch.randn_like(pixels) * ~pixel_mask
+    assert not torch.allclose(mim_head_input(model, visible_changed)[0], states)
+    # the target is the masked patches' pixels: changing them changes the loss
+    torch.manual_seed(3)
+    assert not torch.isclose(model(pixel_values=masked_changed).loss, out.loss)
+
+    with pytest.raises(ValueError, match="mim_mask_ratio"):
+        RgbdVlmoForPreTraining(tiny_config(mim_mask_ratio=0.0))(pixel_values=pixels)
+    with pytest.raises(ValueError, match="pixel_values.*rgb_config.image_size"):
+        model(pixel_values=torch.randn(2, 3, 2 * SIZE, SIZE))
+
+
+def test_depth_alone_is_masked_depth_modelling_on_the_depth_experts():
+    torch.manual_seed(0)
+    config = tiny_config(mdm_mask_ratio=0.5)
+    model = RgbdVlmoForPreTraining(config).train()
+    inputs = pretraining_inputs(2, config=config)
+    depth_only = {key: inputs[key] for key in ("depth_values", "depth_mask", "depth_token_ids") if key in inputs}
+    out = model(**depth_only)
+    assert out.loss_itc is None and out.loss_mim is None and out.itm_logits is None
+    assert out.mdm_logits.shape == (2, TOKENS - 1, config.depth_vocab_size)
+    torch.testing.assert_close(out.loss, out.loss_mdm)
+    reached = gradients_reach(model, out.loss)
+    assert "mdm_head.decoder.weight" in reached and any(".experts.depth." in name for name in reached)
+    assert not any(
+        name.startswith(("rgbd_vlmo.rgb_embeddings.", "mim_head.", "itm_head.")) or ".experts.rgb." in name
+        for name in reached
+    )
+    with pytest.raises(ValueError, match="depth_token_ids"):
+        model(**{key: value for key, value in depth_only.items() if key != "depth_token_ids"})
+    with pytest.raises(ValueError, match="mdm_mask_ratio"):
+        RgbdVlmoForPreTraining(tiny_config(mdm_mask_ratio=0.0))(**depth_only)
+    with pytest.raises(ValueError, match="pass `pixel_values`, `depth_values` or both|needs `pixel_values`"):
+        model(depth_token_ids=inputs["depth_token_ids"])
 
 
 # ------------------------------------------------------------------------------------------------ staged training
@@ -374,6 +450,7 @@ def test_from_vision_pretrained_copies_the_trunk_into_every_expert(tmp_path, kin
         ({"depth_config": {"num_hidden_layers": 3}}, "depth_config.num_hidden_layers"),
         ({"depth_vocab_size": 1}, "depth_vocab_size"),
         ({"mdm_mask_ratio": 1.0}, "mdm_mask_ratio"),
+        ({"mim_mask_ratio": -0.1}, "mim_mask_ratio"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):

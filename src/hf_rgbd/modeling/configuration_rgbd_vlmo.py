@@ -16,6 +16,7 @@ from .configuration_rgbd_common import (
     RgbdSharedConfigMixin,
     RgbdTwoTowerConfigMixin,
     check_positive_int,
+    check_probability,
     normalize_modality_dropout,
 )
 from .configuration_rgbd_vit import RgbdVitConfig
@@ -66,6 +67,9 @@ class RgbdVlmoConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthWo
         logit_scale_init_value (`float`, defaults to 2.6592): initial log of the ITC scale (1 / 0.07).
         depth_vocab_size, min_depth, max_depth, mdm_mask_ratio: the depth words and masked depth modelling, as
             [`RgbdAlbefConfig`]'s ([`RgbdVlmoConfig.check_processor`] checks a processor against them).
+        mim_mask_ratio (`float`, defaults to 0.5): the RGB-only pretraining step (VLMo's vision stage, `"rgb"` of
+            `set_training_stage`): the fraction of RGB patches blanked (set to the normalised mean colour, 0) whose
+            pixels the model regresses (masked image modelling, SimMIM-style, L1 on per-patch normalised pixels).
         modalities (`Literal["rgbd", "rgb", "depth"]`, defaults to `"rgbd"`): `"rgb"` / `"depth"` embed only that
             modality (classification ablations; pretraining and matching need `"rgbd"`).
         modality_dropout (`float` or `(p_rgb, p_depth)`, defaults to `(0.0, 0.0)`): per-sample probability of
@@ -106,6 +110,7 @@ class RgbdVlmoConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthWo
     min_depth: float | int = 0.1
     max_depth: float | int = 10.0
     mdm_mask_ratio: float | int = 0.3
+    mim_mask_ratio: float | int = 0.5
     modalities: RgbdModalities = "rgbd"
     modality_dropout: ModalityDropout = (0.0, 0.0)
     classifier_dropout: float | int = 0.0
@@ -137,6 +142,7 @@ class RgbdVlmoConfig(RgbdSharedConfigMixin, RgbdTwoTowerConfigMixin, RgbdDepthWo
                     "modalities run through one shared trunk."
                 )
         check_positive_int("num_fusion_layers", self.num_fusion_layers)
+        check_probability("mim_mask_ratio", self.mim_mask_ratio)
         if self.num_fusion_layers > self.rgb_config.num_hidden_layers:
             raise ValueError(
                 f"`num_fusion_layers` ({self.num_fusion_layers}) must be at most the trunk's `num_hidden_layers` "

@@ -406,6 +406,23 @@ def masked_depth_loss(
     return (per_patch * selected).sum() / count
 
 
+def image_patches(pixel_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C * p_h * p_w): the non-overlapping patches in the row-major order of the token grid."""
+    return F.unfold(pixel_values, kernel_size=patch_size, stride=patch_size).transpose(1, 2)
+
+
+def masked_image_loss(
+    predicted_patches: torch.Tensor, pixel_values: torch.Tensor, mim_mask: torch.Tensor, patch_size: tuple[int, int]
+) -> torch.Tensor:
+    """Masked image modelling (SimMIM's L1, on MAE's per-patch normalised pixels): the mean absolute error between
+    `predicted_patches` (B, N, C * p_h * p_w) and each masked patch of `pixel_values` (B, C, H, W) normalised to
+    zero mean and unit variance over its own pixels; mean over the masked patches `mim_mask` (B, N) bool."""
+    target = image_patches(pixel_values.float(), patch_size)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+    per_patch = (predicted_patches.float() - target).abs().mean(-1)
+    return (per_patch * mim_mask).sum() / mim_mask.sum().clamp(min=1)
+
+
 def depth_bin_centres(vocab_size: int, min_depth: float, max_depth: float) -> torch.Tensor:
     """Geometric centres (vocab_size,) in metres of the processor's log-spaced depth bins over [min, max]."""
     low, high = math.log(min_depth), math.log(max_depth)

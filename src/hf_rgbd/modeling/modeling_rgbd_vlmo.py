@@ -56,15 +56,18 @@ from .modeling_rgbd_pretraining import (
     check_pretraining_batch,
     check_scene_ids,
     draw_pretraining_rgb_dropout,
+    draw_mdm_mask,
     empty_depth,
     gather_without_grad,
     global_contrastive_loss,
     mask_depth_for_mdm,
     masked_depth_loss,
+    masked_image_loss,
     matching_labels,
     matching_loss,
     matching_pairs,
     matching_rgb_drop,
+    patch_mask_to_pixels,
     place_on_grid,
     sample_hard_negatives,
 )
@@ -153,7 +156,16 @@ class RgbdVlmoModelOutput(ModelOutput):
 class RgbdVlmoForPreTrainingOutput(RgbdAlbefForPreTrainingOutput):
     r"""Output of [`RgbdVlmoForPreTraining`]: the fields of [`RgbdAlbefForPreTrainingOutput`] (losses, ITM logits
     and labels of the 3B positive / hard-negative pairs, MDM logits and mask, ITC logits and embeddings, the indices
-    of the drawn negatives)."""
+    of the drawn negatives). A step on one modality fills only its own fields: RGB alone `loss` = `loss_mim`,
+    `mim_mask`; depth alone `loss` = `loss_mdm`, `mdm_logits`, `mdm_mask`.
+
+    Args:
+        loss_mim (`torch.Tensor` `()`): masked image modelling loss of an RGB-only step.
+        mim_mask (`torch.Tensor` (B, N) bool): the RGB patches blanked in that step.
+    """
+
+    loss_mim: torch.Tensor | None = None
+    mim_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -197,7 +209,7 @@ class RgbdVlmoPreTrainedModel(RgbdVisionPretrainedMixin, RgbdVitPreTrainedModel)
         "hidden_states": RgbdVitLayer,
         "attentions": OutputRecorder(RgbdVitAttention, index=1, layer_name="attention"),
     }
-    _keys_to_ignore_on_load_unexpected = [r"^itm_head\.", r"^mdm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^itm_head\.", r"^mdm_head\.", r"^mim_head\."]
 
     def __init__(self, config: RgbdVlmoConfig, *args: Any, **kwargs: Any):
         super().__init__(config, *args, **kwargs)
@@ -509,7 +521,11 @@ class RgbdVlmoModel(RgbdDualTowerMixin, RgbdVlmoPreTrainedModel):
 class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
     """ITC (unimodal passes) + ITM with hard negatives + MDM (the fused pass), with the fusion encoder's shared
     heads and losses. Each stream is embedded once per step (depth with the MDM patches as holes); those embeddings
-    serve the unimodal passes and the fused pass of the B positive and 2B hard-negative pairs."""
+    serve the unimodal passes and the fused pass of the B positive and 2B hard-negative pairs.
+
+    VLMo's unimodal stages train on one modality: given `pixel_values` alone, masked image modelling on the RGB
+    stream (`config.mim_mask_ratio` of the patches blanked, their pixels regressed by `mim_head`); given
+    `depth_values` alone, masked depth modelling on the depth stream (the MDM head on the depth experts' states)."""
 
     pipeline_tasks = ("rgbd-matching",)
 
@@ -520,10 +536,62 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
         hidden = config.rgb_config.hidden_size
         self.itm_head = RgbdMatchingHead(hidden)
         self.mdm_head = RgbdMaskedDepthHead(hidden, config.depth_vocab_size)
+        rgb_patch = config.rgb_config.patch_size_pair
+        self.mim_head = nn.Linear(hidden, config.rgb_config.num_channels * rgb_patch[0] * rgb_patch[1])
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.rgbd_vlmo.get_input_embeddings()
+
+    def rgb_only_step(self, pixel_values: torch.Tensor, **kwargs: Any) -> RgbdVlmoForPreTrainingOutput:
+        """Masked image modelling on RGB alone (VLMo's vision stage; BEiT's objective with SimMIM's pixel target):
+        the blanked patches' pixels, normalised per patch, regressed from the RGB stream's token states."""
+        config = self.config
+        if config.mim_mask_ratio <= 0:
+            raise ValueError(
+                "`depth_values` is None: an RGB-only pretraining step is masked image modelling and needs "
+                f"`config.mim_mask_ratio` > 0, got {config.mim_mask_ratio}."
+            )
+        stream = config.rgb_config
+        if tuple(pixel_values.shape[-2:]) != tuple(stream.image_size_pair):
+            raise ValueError(
+                f"`pixel_values` must be {tuple(stream.image_size_pair)} (`rgb_config.image_size`) for masked image "
+                f"modelling, got {tuple(pixel_values.shape[-2:])}."
+            )
+        batch_size = pixel_values.shape[0]
+        num_patches = stream.grid_size[0] * stream.grid_size[1]
+        every_patch = torch.zeros(batch_size, num_patches, dtype=torch.long, device=pixel_values.device)
+        mim_mask = draw_mdm_mask(every_patch, float(config.mim_mask_ratio))  # every patch is a candidate
+        blanked = patch_mask_to_pixels(mim_mask, stream.grid_size, stream.patch_size_pair)
+        embeddings, _ = self.rgbd_vlmo.embed("rgb", pixel_values.masked_fill(blanked, 0.0))
+        states = self.rgbd_vlmo.run_trunk(embeddings, None, "rgb", **kwargs)
+        loss_mim = masked_image_loss(self.mim_head(states[:, 1:]), pixel_values, mim_mask, stream.patch_size_pair)
+        return RgbdVlmoForPreTrainingOutput(loss=loss_mim, loss_mim=loss_mim, mim_mask=mim_mask)
+
+    def depth_only_step(
+        self,
+        depth_values: torch.Tensor,
+        depth_mask: torch.Tensor | None,
+        depth_token_ids: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> RgbdVlmoForPreTrainingOutput:
+        """Masked depth modelling on depth alone (VLMo's language stage with depth words): the masked patches'
+        depth words predicted from the depth stream's token states."""
+        config = self.config
+        if config.mdm_mask_ratio <= 0:
+            raise ValueError(
+                "`pixel_values` is None: a depth-only pretraining step is masked depth modelling and needs "
+                f"`config.mdm_mask_ratio` > 0, got {config.mdm_mask_ratio}."
+            )
+        batch_size = depth_values.shape[0]
+        depth_mask, depth_token_ids, mdm_mask = mask_depth_for_mdm(
+            config, depth_values, depth_mask, depth_token_ids, batch_size
+        )
+        embeddings, key_mask = self.rgbd_vlmo.embed("depth", depth_values, depth_mask)
+        states = self.rgbd_vlmo.run_trunk(embeddings, key_mask, "depth", **kwargs)
+        mdm_logits = self.mdm_head(states[:, 1:])
+        loss_mdm = masked_depth_loss(mdm_logits, depth_token_ids, mdm_mask)
+        return RgbdVlmoForPreTrainingOutput(loss=loss_mdm, loss_mdm=loss_mdm, mdm_logits=mdm_logits, mdm_mask=mdm_mask)
 
     @can_return_tuple
     def forward(
@@ -538,12 +606,20 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
     ) -> RgbdVlmoForPreTrainingOutput:
         """One pretraining step's losses on paired RGB-D batches (the arguments of
         [`RgbdAlbefForPreTraining.forward`]: `depth_token_ids` (B, N) required when `mdm_mask_ratio > 0`,
-        `scene_ids` (B,) optional).
+        `scene_ids` (B,) optional). One modality alone (the other None) is a unimodal stage's step:
+        `pixel_values` alone masked image modelling (`rgb_only_step`), `depth_values` alone masked depth modelling
+        (`depth_only_step`, `depth_token_ids` required).
 
         Returns:
             [`RgbdVlmoForPreTrainingOutput`].
         """
         config = self.config
+        if (pixel_values is None) != (depth_values is None):
+            check_flag(kwargs.pop("return_dict", True), "return_dict")
+            check_same_batch(pixel_values, depth_values)
+            if depth_values is None:
+                return self.rgb_only_step(pixel_values, **kwargs)
+            return self.depth_only_step(depth_values, depth_mask, depth_token_ids, **kwargs)
         batch_size = check_pretraining_batch(pixel_values, depth_values, "RgbdVlmoForPreTraining")
         scene_ids = check_scene_ids(scene_ids, batch_size)
         check_flag(kwargs.pop("return_dict", True), "return_dict")
@@ -695,7 +771,7 @@ class RgbdVlmoForRgbdMatching(RgbdMatchingMixin, RgbdVlmoPreTrainedModel):
         self.itm_head = RgbdMatchingHead(config.rgb_config.hidden_size)
         self.post_init()
 
-    _keys_to_ignore_on_load_unexpected = [r"^mdm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^mdm_head\.", r"^mim_head\."]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.rgbd_vlmo.get_input_embeddings()
