@@ -134,9 +134,9 @@ def test_experts_model_pretrains_one_stage_and_the_folder_fine_tunes(tmp_path):
 
     results = run(pretrain_argv("rgbd_vlmo:tiny", tmp_path / "vlmo", "--stage", "depth", "--max_train_steps", "2",
                                 "--gradient_checkpointing", "true"))  # fmt: skip
-    assert results["train_steps"] == 2 and all(
-        key in results for key in ("train_loss_itc", "train_loss_itm", "train_loss_mdm")
-    )
+    # the depth stage trains on depth alone: masked depth modelling, no pair losses
+    assert results["train_steps"] == 2 and "train_loss_mdm" in results
+    assert not any(key in results for key in ("train_loss_itc", "train_loss_itm", "train_loss_mim"))
     assert 0.0 <= results["eval_rgb_to_depth_R@1"] <= 1.0
     classifier = AutoModelForImageClassification.from_pretrained(tmp_path / "vlmo", num_labels=8)
     processor = AutoProcessor.from_pretrained(tmp_path / "vlmo")
@@ -153,6 +153,20 @@ def test_stage_depth_leaves_the_shared_attention_untouched(tmp_path):
     assert attention and depth_expert
     assert all(torch.equal(fresh[name], depth[name]) for name in attention)
     assert any(not torch.equal(fresh[name], depth[name]) for name in depth_expert)
+
+
+def test_stage_rgb_trains_on_rgb_alone_and_leaves_the_depth_stream_untouched(tmp_path):
+    run(pretrain_argv("rgbd_vlmo:tiny", tmp_path / "fresh", "--max_train_steps", "1", "--learning_rate", "0"))
+    results = run(pretrain_argv("rgbd_vlmo:tiny", tmp_path / "rgb", "--max_train_steps", "2", "--stage", "rgb"))
+    assert "train_loss_mim" in results and not any(
+        key in results for key in ("train_loss_itc", "train_loss_itm", "train_loss_mdm")
+    )
+    fresh, rgb = saved_tensors(tmp_path / "fresh"), saved_tensors(tmp_path / "rgb")
+    depth_stream = [name for name in fresh if "depth_embeddings." in name or ".experts.depth." in name]
+    rgb_stream = [name for name in fresh if ".attention." in name or ".experts.rgb." in name]
+    assert depth_stream and rgb_stream
+    assert all(torch.equal(fresh[name], rgb[name]) for name in depth_stream)
+    assert any(not torch.equal(fresh[name], rgb[name]) for name in rgb_stream)
 
 
 def test_tracking_writes_tensorboard_events_with_every_loss(tmp_path):

@@ -1,7 +1,9 @@
 """`hf-rgbd pretrain`: pretraining of the transformer families on accelerate, from one CPU to many GPUs.
 
 The dual encoder learns ITC; the fusion encoder ITC + ITM (hard negatives) + MDM, with its EMA teacher and queue;
-the mixture of modality experts the same losses, one VLMo stage at a time (`--stage`). The loop is accelerate's
+the mixture of modality experts the same losses, one VLMo stage at a time (`--stage`: `rgb` trains on the RGB
+images alone (masked image modelling), `depth` on the depth maps alone (masked depth modelling), `fusion` and
+`joint` on the pairs). The loop is accelerate's
 own example loop: `accelerator.accumulate`, `accelerator.backward`, clipping on the synchronising step,
 `save_state` / `load_state` checkpoints, trackers. The same command runs on one process or under
 `accelerate launch`; the contrastive losses and hard negatives then use the global batch (the models gather their
@@ -47,7 +49,12 @@ PRETRAINING_AUTO_CLASSES = {
     "rgbd_albef": "AutoModelForPreTraining",
     "rgbd_vlmo": "AutoModelForPreTraining",
 }
-LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mdm")
+LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mdm", "loss_mim")
+# what a unimodal VLMo stage leaves out of each batch: it trains on the other modality alone
+_UNIMODAL_STAGE_DROPS = {
+    "rgb": ("depth_values", "depth_mask", "depth_token_ids", "scene_ids"),
+    "depth": ("pixel_values", "scene_ids"),
+}
 # config fields that describe where a config came from, not the model: ignored when checking a checkpoint
 _VOLATILE_CONFIG_KEYS = (
     "_name_or_path",
@@ -74,7 +81,11 @@ class PretrainModelArguments:
     )
     stage: Literal["rgb", "depth", "fusion", "joint"] | None = field(
         default=None,
-        metadata={"help": "Mixture of modality experts only: the VLMo training stage (`set_training_stage`)."},
+        metadata={
+            "help": "Mixture of modality experts only: the VLMo training stage (`set_training_stage`); `rgb` trains "
+            "on RGB alone (masked image modelling), `depth` on depth alone (masked depth modelling), `fusion` and "
+            "`joint` on RGB-D pairs (ITC + ITM + MDM)."
+        },
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     attn_implementation: str | None = field(default=None, metadata={"help": "`eager` or `sdpa`."})
@@ -407,7 +418,7 @@ def run_pretraining(
         f"device {accelerator.device})"
     )
     world_batch = args.per_device_train_batch_size * accelerator.num_processes
-    if world_batch < 2:
+    if world_batch < 2 and model_args.stage not in _UNIMODAL_STAGE_DROPS:
         raise ValueError(
             "--per_device_train_batch_size 1 on one process gives a global batch of one pair: the contrastive "
             "loss needs at least 2 (every other pair of the batch is a negative)."
@@ -499,7 +510,8 @@ def run_pretraining(
         step_losses: dict[str, list[torch.Tensor]] = {}
         for batch in batches:
             with accelerator.accumulate(model):
-                outputs = model(**batch, return_loss=True)
+                dropped = _UNIMODAL_STAGE_DROPS.get(model_args.stage, ())
+                outputs = model(**{key: value for key, value in batch.items() if key not in dropped}, return_loss=True)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
