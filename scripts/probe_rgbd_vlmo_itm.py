@@ -15,26 +15,11 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 from train_rgbd_albef import AlbefBatcher, Setup, pretrain
+from train_rgbd_vlmo import retrieval_and_matching
 
 from hf_rgbd import RgbdVlmoConfig, RgbdVlmoForPreTraining
 from hf_rgbd.data import RgbdAugment
-from hf_rgbd.evaluation import retrieval_metrics
-
-
-@torch.no_grad()
-def matched_probability(model, test, rgb_index, depth_index, batch_size: int = 250) -> torch.Tensor:
-    """ITM matched probability of the pairs (rgb_index[k], depth_index[k]) of the processed test split."""
-    trunk = model.rgbd_vlmo
-    scores = []
-    for start in range(0, rgb_index.shape[0], batch_size):
-        rgb, depth = rgb_index[start : start + batch_size], depth_index[start : start + batch_size]
-        rgb_embeddings, _ = trunk.embed("rgb", test["pixel_values"][rgb])
-        depth_embeddings, depth_keys = trunk.embed("depth", test["depth_values"][depth], test["depth_mask"][depth])
-        fused, _ = trunk.fused_states(rgb_embeddings, depth_embeddings, depth_keys)
-        scores.append(model.itm_head(fused[:, 0]).softmax(-1)[:, 1])
-    return torch.cat(scores)
 
 
 def main() -> None:
@@ -62,28 +47,8 @@ def main() -> None:
     batcher = AlbefBatcher(config, setup.depth_processor, augment, stats["image_mean"], stats["image_std"])
     seconds, history = pretrain(model, setup.data["train"], batcher, args, cli.seed)
 
-    test = setup.inputs()[0]["test"]
-    model.eval()
-    trunk = model.rgbd_vlmo
-    with torch.no_grad():
-        rgb = F.normalize(trunk.get_rgb_features(test["pixel_values"]).pooler_output, dim=-1)
-        depth = F.normalize(trunk.get_depth_features(test["depth_values"], test["depth_mask"]).pooler_output, dim=-1)
-    metrics = retrieval_metrics(rgb, depth)
-    similarity = rgb @ depth.t()
-    count = similarity.shape[0]
-    hardest = similarity.masked_fill(torch.eye(count, dtype=torch.bool), float("-inf")).argmax(dim=1)
-    own = torch.arange(count)
-    positive = matched_probability(model, test, own, own)
-    negative = matched_probability(model, test, own, hardest)
-    result = {
-        "pretrain_seconds": seconds,
-        "rgb_to_depth_R@1": metrics["rgb_to_depth_R@1"],
-        "depth_to_rgb_R@1": metrics["depth_to_rgb_R@1"],
-        "itm_accuracy": float(torch.cat([positive > 0.5, negative <= 0.5]).float().mean()),
-        "itm_accuracy_positives": float((positive > 0.5).float().mean()),
-        "itm_accuracy_hard_negatives": float((negative <= 0.5).float().mean()),
-        "last_epoch_losses": history[-1],
-    }
+    result = {"pretrain_seconds": seconds, **retrieval_and_matching(model, setup.inputs()[0]["test"])}
+    result["last_epoch_losses"] = history[-1]
     print(json.dumps(result, indent=2))
 
 

@@ -123,9 +123,12 @@ def total_epochs(args) -> int:
 
 
 def run_epochs(model, train, batcher: AlbefBatcher, args, seed: int, generator: torch.Generator, epochs: int,
-               learning_rate: float, stage, first_epoch: int = 0) -> tuple[float, list]:
+               learning_rate: float, stage, first_epoch: int = 0, drop_inputs: tuple[str, ...] = (),
+               run_epochs_in_all: int | None = None) -> tuple[float, list]:
     """`epochs` epochs of one optimizer and warm-up + cosine schedule; `stage(epoch)` names each epoch's losses
-    ("ITC warm-up": the towers' ITC alone; otherwise the model's own loss)."""
+    ("ITC warm-up": the towers' ITC alone; otherwise the model's own loss, on the batch without `drop_inputs`:
+    the experts model's unimodal stages leave out the other modality). `run_epochs_in_all`: the run's epochs, for
+    the log (default `total_epochs(args)`)."""
     count = train["label"].shape[0]
     steps_per_epoch = count // args.pretrain_batch_size
     total = steps_per_epoch * epochs
@@ -137,7 +140,7 @@ def run_epochs(model, train, batcher: AlbefBatcher, args, seed: int, generator: 
         model.train()
         order = torch.randperm(count, generator=generator)
         warmup = stage(epoch) == "ITC warm-up"
-        sums = {"loss_itc": 0.0, "loss_itm": 0.0, "loss_mdm": 0.0}
+        sums: dict[str, float] = {}
         for step in range(steps_per_epoch):
             index = order[step * args.pretrain_batch_size : (step + 1) * args.pretrain_batch_size]
             batch = batcher(train, index, train=True)
@@ -145,7 +148,7 @@ def run_epochs(model, train, batcher: AlbefBatcher, args, seed: int, generator: 
                 loss = itc_only_loss(model, batch)
                 outputs = {"loss_itc": loss, "loss_itm": torch.zeros(()), "loss_mdm": torch.zeros(())}
             else:
-                outputs = model(**batch)
+                outputs = model(**{key: value for key, value in batch.items() if key not in drop_inputs})
                 loss = outputs.loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,13 +157,14 @@ def run_epochs(model, train, batcher: AlbefBatcher, args, seed: int, generator: 
             scheduler.step()
             if callable(getattr(model, "momentum_update", None)):  # the fusion encoder's EMA teacher
                 model.momentum_update()
-            for key in sums:
-                sums[key] += outputs[key].item() / steps_per_epoch
+            for key in ("loss_itc", "loss_itm", "loss_mdm", "loss_mim"):
+                if outputs.get(key) is not None:
+                    sums[key] = sums.get(key, 0.0) + outputs[key].item() / steps_per_epoch
         seconds += time.perf_counter() - start
         history.append(sums)
         if (epoch + 1) % args.log_every == 0 or epoch + 1 == epochs:
             losses = ", ".join(f"{key[5:].upper()} {value:.3f}" for key, value in sums.items())
-            print(f"  [seed {seed}] pretrain epoch {first_epoch + epoch + 1}/{total_epochs(args)} ({stage(epoch)}): {losses}, "
+            print(f"  [seed {seed}] pretrain epoch {first_epoch + epoch + 1}/{run_epochs_in_all or total_epochs(args)} ({stage(epoch)}): {losses}, "
                   f"{seconds:.0f} s", flush=True)
     return seconds, history
 
