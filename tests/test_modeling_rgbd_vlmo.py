@@ -354,6 +354,10 @@ def test_depth_alone_is_masked_depth_modelling_on_the_depth_experts():
         model(**{key: value for key, value in depth_only.items() if key != "depth_token_ids"})
     with pytest.raises(ValueError, match="mdm_mask_ratio"):
         RgbdVlmoForPreTraining(tiny_config(mdm_mask_ratio=0.0))(**depth_only)
+    with pytest.raises(ValueError, match=r"depth_values.*depth_config.image_size"):  # not a shape error in torch
+        model(**{**depth_only, "depth_values": torch.randn(2, 1, SIZE + 8, SIZE + 8), "depth_mask": None})
+    with pytest.raises(ValueError, match=r"depth_values.*depth_config.image_size"):  # the paired step's masking too
+        model(**{**inputs, "depth_values": torch.randn(2, 1, SIZE + 8, SIZE + 8), "depth_mask": None})
     with pytest.raises(ValueError, match="pass `pixel_values`, `depth_values` or both|needs `pixel_values`"):
         model(depth_token_ids=inputs["depth_token_ids"])
 

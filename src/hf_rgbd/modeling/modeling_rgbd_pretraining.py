@@ -350,6 +350,17 @@ def draw_mdm_mask(depth_token_ids: torch.Tensor, mask_ratio: float) -> torch.Ten
     return (rank < count) & valid
 
 
+def check_masking_size(values: torch.Tensor, stream_config: Any, name: str, field: str) -> None:
+    """ValueError naming `name` unless `values` (B, C, H, W) has the configured `stream_config.image_size`
+    (`field` names the config field): a patch mask covers the configured patch grid only."""
+    expected = tuple(stream_config.image_size_pair)
+    if tuple(values.shape[-2:]) != expected:
+        raise ValueError(
+            f"`{name}` must be {expected} (`{field}.image_size`) for masked modelling, whose patch mask covers the "
+            f"configured grid; got {tuple(values.shape[-2:])}."
+        )
+
+
 def patch_mask_to_pixels(
     patch_mask: torch.Tensor, grid_size: tuple[int, int], patch_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -460,6 +471,7 @@ def mask_depth_for_mdm(
     if config.mdm_mask_ratio <= 0:
         return depth_mask, None, None
     depth_token_ids = check_depth_token_ids(depth_token_ids, batch_size, config)
+    check_masking_size(depth_values, config.depth_config, "depth_values", "depth_config")
     mdm_mask = draw_mdm_mask(depth_token_ids, float(config.mdm_mask_ratio))
     depth_config = config.depth_config
     depth_mask = depth_mask & ~patch_mask_to_pixels(mdm_mask, depth_config.grid_size, depth_config.patch_size_pair)
@@ -613,6 +625,7 @@ __all__ = [
     "RgbdMatchingOutput",
     "check_depth_token_ids",
     "check_fused_config",
+    "check_masking_size",
     "check_pairs",
     "check_pretraining_batch",
     "check_scene_ids",
@@ -627,9 +640,11 @@ __all__ = [
     "gather_without_grad",
     "global_contrastive_loss",
     "global_uniform",
+    "image_patches",
     "local_rows",
     "mask_depth_for_mdm",
     "masked_depth_loss",
+    "masked_image_loss",
     "matching_labels",
     "matching_loss",
     "matching_pairs",

@@ -53,6 +53,7 @@ from .modeling_rgbd_pretraining import (
     RgbdMatchingHead,
     RgbdMatchingMixin,
     check_fused_config,
+    check_masking_size,
     check_pretraining_batch,
     check_scene_ids,
     draw_pretraining_rgb_dropout,
@@ -553,11 +554,7 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
                 f"`config.mim_mask_ratio` > 0, got {config.mim_mask_ratio}."
             )
         stream = config.rgb_config
-        if tuple(pixel_values.shape[-2:]) != tuple(stream.image_size_pair):
-            raise ValueError(
-                f"`pixel_values` must be {tuple(stream.image_size_pair)} (`rgb_config.image_size`) for masked image "
-                f"modelling, got {tuple(pixel_values.shape[-2:])}."
-            )
+        check_masking_size(pixel_values, stream, "pixel_values", "rgb_config")
         batch_size = pixel_values.shape[0]
         num_patches = stream.grid_size[0] * stream.grid_size[1]
         every_patch = torch.zeros(batch_size, num_patches, dtype=torch.long, device=pixel_values.device)
