@@ -57,6 +57,7 @@ from hf_rgbd import (
 from hf_rgbd.data import RgbdAugment
 from hf_rgbd.evaluation import retrieval_metrics
 from hf_rgbd.training import set_training_stage, train_classifier
+from hf_rgbd.training.stages import UNIMODAL_STAGE_DROPPED_INPUTS
 
 NUM_LABELS = 8
 ORDERS = {
@@ -64,8 +65,6 @@ ORDERS = {
     "depth-rgb-fusion": ("depth", "rgb", "fusion"),
     "joint": ("joint",),
 }
-# what a unimodal stage leaves out of the batch (as `hf-rgbd pretrain --stage`)
-UNIMODAL_DROPS = {"rgb": ("depth_values", "depth_mask", "depth_token_ids"), "depth": ("pixel_values",)}
 
 
 def vlmo_config(args, **overrides) -> RgbdVlmoConfig:
@@ -78,10 +77,10 @@ def vlmo_config(args, **overrides) -> RgbdVlmoConfig:
 def train_stage(model, stage: str, train, batcher, args, seed, generator, first_epoch: int, total: int, joint_extra: int):
     """One stage with its own optimizer and schedule: `(seconds, history, epochs)`."""
     print(f"  [{seed}] {set_training_stage(model, stage)}", flush=True)
-    if stage in UNIMODAL_DROPS:
+    if stage in UNIMODAL_STAGE_DROPPED_INPUTS:
         epochs = args.unimodal_epochs
         seconds, history = run_epochs(model, train, batcher, args, seed, generator, epochs, args.pretrain_lr,
-                                      lambda epoch: f"{stage} alone", first_epoch, UNIMODAL_DROPS[stage], total)
+                                      lambda epoch: f"{stage} alone", first_epoch, UNIMODAL_STAGE_DROPPED_INPUTS[stage], total)
         return seconds, history, epochs
     warmup, epochs = args.itc_warmup_epochs, args.itc_warmup_epochs + args.pretrain_epochs + joint_extra
     seconds, history = run_epochs(model, train, batcher, args, seed, generator, epochs, args.pretrain_lr,

@@ -56,8 +56,8 @@ from .modeling_rgbd_pretraining import (
     check_masking_size,
     check_pretraining_batch,
     check_scene_ids,
-    draw_pretraining_rgb_dropout,
     draw_mdm_mask,
+    draw_pretraining_rgb_dropout,
     empty_depth,
     gather_without_grad,
     global_contrastive_loss,
@@ -611,15 +611,14 @@ class RgbdVlmoForPreTraining(RgbdVlmoPreTrainedModel):
             [`RgbdVlmoForPreTrainingOutput`].
         """
         config = self.config
+        check_flag(kwargs.pop("return_dict", True), "return_dict")
         if (pixel_values is None) != (depth_values is None):
-            check_flag(kwargs.pop("return_dict", True), "return_dict")
             check_same_batch(pixel_values, depth_values)
             if depth_values is None:
                 return self.rgb_only_step(pixel_values, **kwargs)
             return self.depth_only_step(depth_values, depth_mask, depth_token_ids, **kwargs)
         batch_size = check_pretraining_batch(pixel_values, depth_values, "RgbdVlmoForPreTraining")
         scene_ids = check_scene_ids(scene_ids, batch_size)
-        check_flag(kwargs.pop("return_dict", True), "return_dict")
         model = self.rgbd_vlmo
 
         depth_mask, depth_token_ids, mdm_mask = mask_depth_for_mdm(

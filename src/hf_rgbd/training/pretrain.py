@@ -50,11 +50,6 @@ PRETRAINING_AUTO_CLASSES = {
     "rgbd_vlmo": "AutoModelForPreTraining",
 }
 LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mdm", "loss_mim")
-# what a unimodal VLMo stage leaves out of each batch: it trains on the other modality alone
-_UNIMODAL_STAGE_DROPS = {
-    "rgb": ("depth_values", "depth_mask", "depth_token_ids", "scene_ids"),
-    "depth": ("pixel_values", "scene_ids"),
-}
 # config fields that describe where a config came from, not the model: ignored when checking a checkpoint
 _VOLATILE_CONFIG_KEYS = (
     "_name_or_path",
@@ -394,7 +389,7 @@ def run_pretraining(
 
     from ..data import RgbdDataCollator
     from .finetune import training_augment
-    from .stages import set_training_stage
+    from .stages import UNIMODAL_STAGE_DROPPED_INPUTS, set_training_stage
 
     _check_arguments(args)
     checkpointing_every = _checkpointing_every(args.checkpointing_steps)
@@ -418,7 +413,8 @@ def run_pretraining(
         f"device {accelerator.device})"
     )
     world_batch = args.per_device_train_batch_size * accelerator.num_processes
-    if world_batch < 2 and model_args.stage not in _UNIMODAL_STAGE_DROPS:
+    dropped_inputs = UNIMODAL_STAGE_DROPPED_INPUTS.get(model_args.stage, ())  # a unimodal stage: one modality
+    if world_batch < 2 and not dropped_inputs:
         raise ValueError(
             "--per_device_train_batch_size 1 on one process gives a global batch of one pair: the contrastive "
             "loss needs at least 2 (every other pair of the batch is a negative)."
@@ -510,8 +506,8 @@ def run_pretraining(
         step_losses: dict[str, list[torch.Tensor]] = {}
         for batch in batches:
             with accelerator.accumulate(model):
-                dropped = _UNIMODAL_STAGE_DROPS.get(model_args.stage, ())
-                outputs = model(**{key: value for key, value in batch.items() if key not in dropped}, return_loss=True)
+                inputs = {key: value for key, value in batch.items() if key not in dropped_inputs}
+                outputs = model(**inputs, return_loss=True)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -11,6 +11,11 @@ from ..modeling import RgbdVlmoModel
 logger = logging.getLogger(__name__)
 
 TRAINING_STAGES = ("rgb", "depth", "fusion", "joint")
+# the batch inputs a unimodal stage leaves out: it trains on the other modality alone
+UNIMODAL_STAGE_DROPPED_INPUTS = {
+    "rgb": ("depth_values", "depth_mask", "depth_token_ids", "scene_ids"),
+    "depth": ("pixel_values", "scene_ids"),
+}
 
 
 def set_training_stage(model: nn.Module, stage: str) -> str:
@@ -70,4 +75,4 @@ def set_training_stage(model: nn.Module, stage: str) -> str:
     return summary
 
 
-__all__ = ["TRAINING_STAGES", "set_training_stage"]
+__all__ = ["TRAINING_STAGES", "UNIMODAL_STAGE_DROPPED_INPUTS", "set_training_stage"]
