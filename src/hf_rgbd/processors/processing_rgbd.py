@@ -103,17 +103,40 @@ class RgbdProcessor(ProcessorMixin):
             return expected[argument_name]
         return super().check_argument_for_proper_class(argument_name, argument)
 
+    # Keyword arguments of `from_pretrained` that only locate files; the sub-processors built below take none of
+    # them, so they are not passed on to `from_dict` (transformers' generic loading consumes them the same way).
+    _HUB_LOADING_KWARGS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "cache_dir",
+            "force_download",
+            "local_files_only",
+            "proxies",
+            "revision",
+            "token",
+            "subfolder",
+            "trust_remote_code",
+            "code_revision",
+            "_from_auto",
+            "_commit_hash",
+            "return_unused_kwargs",
+        }
+    )
+
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # Both sub-processors are stored in processor_config.json. Build them from there with the classes of
-        # this module, which works the same with hf_rgbd installed and from a folder's copied remote code
-        # (transformers' generic lookup of a second custom image processor does not).
+    def _subprocessors_from_dict(
+        cls, pretrained_model_name_or_path: Any, processor_dict: dict[str, Any] | None
+    ) -> dict[str, ImageProcessingMixin] | None:
+        """Builds both sub-processors from the dicts stored in processor_config.json, or returns `None` without them.
+
+        Uses the classes of this module, which works the same with hf_rgbd installed and from a folder's copied
+        remote code (transformers' generic lookup of a second custom image processor does not).
+        """
         processor_dict = processor_dict or {}
         if not all(
             isinstance(processor_dict.get(name), dict) for name in ("image_processor", "depth_image_processor")
         ):
-            return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
-        arguments = []
+            return None
+        subprocessors = {}
         for name, processor_class in (
             ("image_processor", RgbdImageProcessor),
             ("depth_image_processor", RgbdDepthProcessor),
@@ -126,8 +149,25 @@ class RgbdProcessor(ProcessorMixin):
                     f"`{name}` in {pretrained_model_name_or_path} is a {type_name}; RgbdProcessor expects a "
                     f"{processor_class.__name__}."
                 )
-            arguments.append(processor_class(**config))
-        return arguments
+            subprocessors[name] = processor_class(**config)
+        return subprocessors
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # transformers <= 5.24 builds the sub-processors here.
+        subprocessors = cls._subprocessors_from_dict(pretrained_model_name_or_path, processor_dict)
+        if subprocessors is None:
+            return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        return list(subprocessors.values())
+
+    @classmethod
+    def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+        # transformers >= 5.25 builds the sub-processors here and returns the processor dict holding them.
+        subprocessors = cls._subprocessors_from_dict(pretrained_model_name_or_path, processor_dict)
+        if subprocessors is None:
+            return super()._resolve_subprocessors(pretrained_model_name_or_path, processor_dict, **kwargs)
+        remaining = {key: value for key, value in kwargs.items() if key not in cls._HUB_LOADING_KWARGS}
+        return {**processor_dict, **subprocessors}, remaining
 
     def __call__(
         self,
