@@ -21,3 +21,12 @@ settings.register_profile(
 )
 settings.register_profile("explore", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config) -> str:
+    """The versions of the libraries whose internals hf-rgbd hooks into, at the top of every run (a fresh CI
+    install takes the newest releases; a local venv may hold older ones)."""
+    from importlib.metadata import version
+
+    names = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "safetensors", "gradio")
+    return "hf-rgbd dependencies: " + ", ".join(f"{name} {version(name)}" for name in names)
