@@ -551,7 +551,9 @@ def main() -> None:
     parser.add_argument("--mdm-mask-ratio", type=float, default=0.15)
     parser.add_argument("--distillation-alpha", type=float, default=0.0)
     parser.add_argument("--pretrain-rgb-dropout", type=float, default=0.1, help="modality_dropout p_rgb in pretraining")
-    parser.add_argument("--crop-scale", type=float, default=0.6)
+    parser.add_argument(
+        "--crop-scale", type=float, default=0.8, help="smallest area fraction of the aligned random crops in pretraining",
+    )
     parser.add_argument("--colour-jitter", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
