@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.size < 1:
+        parser.error(f"--size must be a positive number of pixels, got {args.size}")
     with tempfile.TemporaryDirectory() as root:
         splits = write_sunrgbd_rooms(root, args.num_train, args.num_validation, args.num_test, seed=args.seed)
         dataset = load_sunrgbd(root, splits=splits, classes="all", cache_dir=f"{root}/cache")
