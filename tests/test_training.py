@@ -129,6 +129,21 @@ def test_train_classifier_stops_at_max_seconds(monkeypatch):
     assert len(uncapped.loss_history) == 4 and uncapped.best_epoch == 4
 
 
+def test_train_classifier_bf16_autocasts_the_training_forward_only():
+    inputs, labels = random_inputs()
+    model = tiny_classifier()
+    seen = []  # (training?, dtype of the classifier head's output)
+    model.classifier.register_forward_hook(lambda module, args, output: seen.append((module.training, output.dtype)))
+    result = train_classifier(model, inputs, labels, *random_inputs(seed=1), epochs=2, batch_size=8, bf16=True)
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # validation stays float32
+    assert all(param.dtype == torch.float32 for param in model.parameters())
+    assert len(result.loss_history) == 2 and all(torch.isfinite(torch.tensor(result.loss_history)))
+    seen.clear()
+    train_classifier(model, inputs, labels, epochs=1, batch_size=8)
+    assert {dtype for _, dtype in seen} == {torch.float32}  # off by default
+
+
 def test_train_classifier_bad_arguments():
     inputs, labels = random_inputs()
     with pytest.raises(ValueError, match="epochs"):
@@ -141,6 +156,8 @@ def test_train_classifier_bad_arguments():
     for max_seconds in (0, -1.0, "5"):
         with pytest.raises(ValueError, match="max_seconds"):
             train_classifier(tiny_classifier(), inputs, labels, max_seconds=max_seconds)
+    with pytest.raises(ValueError, match="bf16"):
+        train_classifier(tiny_classifier(), inputs, labels, bf16="yes")
     with pytest.raises(ValueError, match="pixel_values"):
         train_classifier(tiny_classifier(), {**inputs, "pixel_values": inputs["pixel_values"][:3]}, labels)
 
