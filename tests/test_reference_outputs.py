@@ -37,6 +37,11 @@ def field_tolerance(reference_value: torch.Tensor, relative: float = SCALE_RTOL)
 # Fields whose computation order changed in the rework (prefix match on the flattened key); everything else must be
 # bit-identical to the recording.
 NOT_BIT_EXACT: tuple[str, ...] = ()
+# Fields computed through ill-conditioned steps (HHA: the eigenvalues of the normals' covariance through acos of a
+# cubic's discriminant, the angle channel through acos of a dot product): a one-ulp difference in their inputs moves
+# them by more than `ROUNDING_RTOL`, so they get the fields' tolerance `SCALE_RTOL`. Seen on an AMX CPU kind: 2 of the
+# 4608 HHA depth values differ from the recording by 1.5e-6 of their scale.
+ILL_CONDITIONED: tuple[str, ...] = ("processor.hha.depth_values",)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +122,8 @@ def test_bit_exact_fields(current, reference):
         finite = torch.isfinite(reference_value)
         difference = (value - reference_value).abs()[finite]
         same_specials = torch.equal(torch.isfinite(value), finite)
-        if not same_specials or float(difference.max()) > field_tolerance(reference_value, ROUNDING_RTOL):
+        rounding = SCALE_RTOL if key.startswith(ILL_CONDITIONED) else ROUNDING_RTOL
+        if not same_specials or float(difference.max()) > field_tolerance(reference_value, rounding):
             beyond_rounding.append(key)
     assert not beyond_rounding, f"differ by more than float rounding: {beyond_rounding}"
 
