@@ -65,6 +65,8 @@ from hf_rgbd.processors import depth_token_ids
 from hf_rgbd.training import classification_accuracy, train_classifier
 
 NUM_LABELS = 8
+# the attention implementation of every model the run builds or loads (`--attn-implementation`)
+ATTENTION: dict[str, str] = {"attn_implementation": "eager"}
 
 
 def native_bf16() -> bool:
@@ -73,11 +75,18 @@ def native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def training_autocast(args):
-    """bfloat16 autocast of the training forward passes under `--bf16` (weights, optimizer, evaluation: float32)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(args, "bf16", False)))
-# the attention implementation of every model the run builds or loads (`--attn-implementation`)
-ATTENTION: dict[str, str] = {"attn_implementation": "eager"}
+def add_bf16_argument(parser: argparse.ArgumentParser, also: str) -> None:
+    """`--bf16` / `--no-bf16`, on by default where `native_bf16()`; `also`: what else it covers in that script."""
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=native_bf16(),
+        help=f"bfloat16 autocast of every training forward pass{also} (default: on where the CPU has native bfloat16, "
+             "AVX512-BF16 or AMX; weights, optimizer and evaluation stay float32)",
+    )  # fmt: skip
+
+
+def bf16_autocast(enabled: bool):
+    """The CPU bfloat16 autocast of a training forward pass (`--bf16`), or nothing when not `enabled`."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 class AlbefBatcher(Batcher):
@@ -155,7 +164,7 @@ def run_epochs(model, train, batcher: AlbefBatcher, args, seed: int, generator: 
         for step in range(steps_per_epoch):
             index = order[step * args.pretrain_batch_size : (step + 1) * args.pretrain_batch_size]
             batch = batcher(train, index, train=True)
-            with training_autocast(args):
+            with bf16_autocast(args.bf16):
                 if warmup:
                     loss = itc_only_loss(model, batch)
                     outputs = {"loss_itc": loss, "loss_itm": torch.zeros(()), "loss_mdm": torch.zeros(())}
@@ -360,7 +369,7 @@ def step_cost(batcher: AlbefBatcher, train, args, bf16: bool = False) -> dict:
             model.train()
             inputs = batch if albef else {k: batch[k] for k in ("pixel_values", "depth_values", "depth_mask")}
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with bf16_autocast(bf16):
                 loss = model(**inputs).loss
             optimizers[name].zero_grad(set_to_none=True)
             loss.backward()
@@ -548,12 +557,7 @@ def main() -> None:
         "--attn-implementation", default="eager", choices=["eager", "sdpa"],
         help="of every model, the ITC-only reference too (eager: about 10%% faster than sdpa here, 17-token sequences)",
     )
-    parser.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=native_bf16(),
-        help="bfloat16 autocast of every training forward pass; the step cost is measured in float32 and, with it, "
-             "under bfloat16 autocast too (default: on where the "
-             "CPU has native bfloat16, AVX512-BF16 or AMX; weights, optimizer and evaluation stay float32)",
-    )
+    add_bf16_argument(parser, "; the step cost is measured in float32 and, with it, under bfloat16 autocast too")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scratch-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--data-cache", default=None)

@@ -42,7 +42,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from train_rgbd_albef import ATTENTION, AlbefBatcher, Setup, native_bf16, run_epochs, worker_threads
+from train_rgbd_albef import (
+    ATTENTION,
+    AlbefBatcher,
+    Setup,
+    add_bf16_argument,
+    bf16_autocast,
+    run_epochs,
+    worker_threads,
+)
 from train_rgbd_clip import predict
 
 from hf_rgbd import (
@@ -266,7 +274,7 @@ def family_table(args) -> dict:
                 key: batch[key] for key in ("pixel_values", "depth_values", "depth_mask")
             }
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):  # as the training runs
+            with bf16_autocast(args.bf16):  # as the training runs
                 loss = model(**inputs).loss
             optimizers[name].zero_grad(set_to_none=True)
             loss.backward()
@@ -304,11 +312,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="orders trained at once, in separate processes")
     parser.add_argument("--attn-implementation", default="eager", choices=("eager", "sdpa"))
     parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS))
-    parser.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=native_bf16(),
-        help="bfloat16 autocast of every training forward pass, the family table's training step too (default: on "
-             "where the CPU has native bfloat16, AVX512-BF16 or AMX; weights, optimizer and evaluation stay float32)",
-    )  # fmt: skip
+    add_bf16_argument(parser, ", the family table's training step too")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="the joint order runs from each seed (the goals are on their median)")
     parser.add_argument("--order-seeds", type=int, nargs="+", default=None,
